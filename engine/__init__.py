@@ -1,0 +1,1 @@
+"""Rapport's shared engine: model runtime, prompt building, profiles, state store."""

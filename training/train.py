@@ -1,0 +1,218 @@
+"""Train the seq2seq chat model on CPU with checkpoints, --resume and a wall-clock budget.
+
+    rapport-train train --run ~/.cache/rapport/runs/warm --max-minutes 110
+    rapport-train train --run ~/.cache/rapport/runs/warm --max-minutes 30 --resume
+    rapport-train train --run ~/.cache/rapport/runs/scratch --scratch --max-examples 12000
+
+Logs one JSON line per evaluation to <run>/log.jsonl: held-out token NLL with the true context,
+NLL with a shuffled context (their difference shows whether the decoder uses the encoder) and
+a few greedy replies.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from engine.text import TextCodec
+
+from .data import load_facts, load_splits
+from .examples import Encoded, ExampleEncoder, all_examples
+from .modeling import PAD_ID, CLS_ID, build_model, cross_attention_parameters, minilm_dir
+
+DEFAULT_DATA = Path.home() / ".cache/rapport/data"
+
+
+def collate(batch: list[Encoded]) -> dict[str, torch.Tensor]:
+    """Pad a batch; labels use -100 on padding."""
+    src_len = max(len(e.source) for e in batch)
+    tgt_len = max(len(e.target) for e in batch)
+    input_ids = torch.full((len(batch), src_len), PAD_ID)
+    attention = torch.zeros((len(batch), src_len), dtype=torch.long)
+    dec_in = torch.full((len(batch), tgt_len), PAD_ID)
+    labels = torch.full((len(batch), tgt_len), -100)
+    for i, e in enumerate(batch):
+        input_ids[i, : len(e.source)] = torch.tensor(e.source)
+        attention[i, : len(e.source)] = 1
+        dec_in[i, 0] = CLS_ID
+        dec_in[i, 1: len(e.target)] = torch.tensor(e.target[:-1])
+        labels[i, : len(e.target)] = torch.tensor(e.target)
+    return {"input_ids": input_ids, "attention_mask": attention, "decoder_input_ids": dec_in, "labels": labels}
+
+
+def bucketed_batches(items: list[Encoded], batch_size: int, rng: random.Random) -> list[list[Encoded]]:
+    """Batches of similar source length (sorted within chunks of 50 batches), in random order."""
+    items = items[:]
+    rng.shuffle(items)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(items), chunk):
+        part = sorted(items[start: start + chunk], key=lambda e: (len(e.source), len(e.target)))
+        batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@torch.no_grad()
+def token_nll(model, items: list[Encoded], batch_size: int = 64) -> float:
+    """Mean NLL per target token (nats) over ``items``."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(items), batch_size):
+        batch = collate(items[i: i + batch_size])
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().transpose(1, 2), batch["labels"], ignore_index=-100, reduction="sum")
+        total += loss.item()
+        count += (batch["labels"] != -100).sum().item()
+    model.train()
+    return total / count
+
+
+@torch.no_grad()
+def greedy_samples(model, codec: TextCodec, items: list[Encoded]) -> list[dict[str, str]]:
+    """Greedy replies to a few held-out sources, for the log."""
+    model.eval()
+    out = []
+    for e in items:
+        gen = model.generate(torch.tensor([e.source]), max_new_tokens=30, num_beams=1, do_sample=False)
+        out.append({"context": codec.decode(e.source)[-120:], "reply": codec.decode(gen[0].tolist())})
+    model.train()
+    return out
+
+
+def encode_split(encoder: ExampleEncoder, convs, rng: random.Random, drop: float) -> list[Encoded]:
+    """Encode every example of ``convs``, sampling profiles with ``rng``."""
+    out = []
+    for ex in all_examples(convs):
+        user = encoder.profile(ex, ex.addressee, rng, drop)
+        persona = encoder.profile(ex, ex.speaker, rng, drop)
+        out.append(encoder.encode(ex, user, persona))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rapport-train train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="run folder (checkpoints, log)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="output of `prepare`")
+    p.add_argument("--scratch", action="store_true", help="random init instead of MiniLM warm start")
+    p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
+    p.add_argument("--max-minutes", type=float, default=95.0, help="wall-clock budget of this call")
+    p.add_argument("--max-examples", type=int, default=50_000, help="planned examples (LR schedule, stop)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--cross-attn-lr-mult", type=float, default=5.0)
+    p.add_argument("--profile-drop", type=float, default=0.4, help="probability of dropping each profile")
+    p.add_argument("--eval-every", type=int, default=6000, help="examples between evaluations")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (3x slower on CPUs without bf16 units)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.run.mkdir(parents=True, exist_ok=True)
+    codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
+    splits, facts = load_splits(args.data), load_facts(args.data)
+    encoder = ExampleEncoder(codec, facts)
+    valid = encode_split(encoder, splits["valid"], random.Random(1), drop=0.0)
+    valid = random.Random(2).sample(valid, 600)
+    shuffled = [Encoded(valid[(i + 97) % len(valid)].source, e.target) for i, e in enumerate(valid)]
+
+    model = build_model(warm_start=not args.scratch, seed=args.seed)
+    cross = {id(p) for p in cross_attention_parameters(model)}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in cross], "lr": args.lr},
+        {"params": [p for p in model.parameters() if id(p) in cross], "lr": args.lr * args.cross_attn_lr_mult},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    base_lrs = [g["lr"] for g in groups]
+    state = {"step": 0, "examples": 0, "epoch": 0, "seconds": 0.0, "best_nll": math.inf}
+    if args.resume and (args.run / "last.pt").exists():
+        ckpt = torch.load(args.run / "last.pt", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        print(f"resumed at {state['examples']} examples")
+    (args.run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
+
+    def save(name: str) -> None:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                    "config": model.config.to_dict(), "warm_start": not args.scratch}, args.run / f"{name}.tmp")
+        (args.run / f"{name}.tmp").replace(args.run / name)
+
+    def evaluate() -> None:
+        nll = token_nll(model, valid)
+        nll_shuffled = token_nll(model, shuffled)
+        record = {"examples": state["examples"], "step": state["step"], "seconds": round(state["seconds"]),
+                  "valid_token_nll": nll, "valid_token_ppl": math.exp(nll),
+                  "context_gain": nll_shuffled - nll, "samples": greedy_samples(model, codec, valid[:4])}
+        with open(args.run / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        tqdm.write(json.dumps({k: v for k, v in record.items() if k != "samples"}))
+        for s in record["samples"]:
+            tqdm.write(f"  > {s['reply']}")
+        if nll < state["best_nll"]:
+            state["best_nll"] = nll
+            save("best.pt")
+
+    model.train()
+    started = time.time()
+    seconds_at_start = state["seconds"]
+    last_ckpt = time.time()
+    next_eval = (state["examples"] // args.eval_every + 1) * args.eval_every
+    bar = tqdm(total=args.max_examples, initial=state["examples"], unit="ex", mininterval=10)
+    done = False
+    while not done:
+        rng = random.Random(args.seed * 1000 + state["epoch"])
+        train = encode_split(encoder, splits["train"], rng, drop=args.profile_drop)
+        batches = bucketed_batches(train, args.batch_size, rng)
+        skip = state["step"] - state.get("epoch_start_step", 0)
+        for batch in batches[skip:]:
+            frac = state["examples"] / args.max_examples
+            warm = min(1.0, (state["step"] + 1) / 300)
+            for g, lr in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = lr * warm * max(0.1, 1.0 - 0.9 * frac)
+            t = collate(batch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                loss = model(**t).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["examples"] += len(batch)
+            state["seconds"] = seconds_at_start + time.time() - started
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if state["examples"] >= next_eval:
+                evaluate()
+                next_eval += args.eval_every
+            out_of_time = time.time() - started > args.max_minutes * 60
+            done = out_of_time or state["examples"] >= args.max_examples
+            if done or time.time() - last_ckpt > args.checkpoint_minutes * 60:
+                save("last.pt")
+                last_ckpt = time.time()
+            if done:
+                break
+        else:
+            state["epoch"] += 1
+            state["epoch_start_step"] = state["step"]
+    evaluate()
+    save("last.pt")
+    bar.close()
+    print(f"stopped at {state['examples']} examples, {state['seconds'] / 60:.1f} CPU-minutes in total")
+
+
+if __name__ == "__main__":
+    main()
