@@ -1,0 +1,88 @@
+"""Decoding settings and the numpy logits processors used at every decoding step."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to decode. ``strategy`` is ``greedy``, ``beam`` or ``sample``."""
+
+    strategy: str = "greedy"
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    num_beams: int = 4
+    num_candidates: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+    time_budget_s: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("greedy", "beam", "sample"):
+            raise ValueError(f"unknown strategy {self.strategy!r}: use greedy, beam or sample")
+        if self.max_new_tokens < 1 or self.num_beams < 1 or self.num_candidates < 1:
+            raise ValueError("max_new_tokens, num_beams and num_candidates must be >= 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+
+    def with_(self, **changes) -> "GenerationConfig":
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float32."""
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def apply_repetition_penalty(logits: np.ndarray, sequences: list[list[int]], penalty: float) -> None:
+    """CTRL-style penalty (as in Hugging Face): divide positive, multiply negative logits of seen tokens."""
+    if penalty == 1.0:
+        return
+    for row, seq in enumerate(sequences):
+        seen = np.unique(np.asarray(seq, dtype=np.int64))
+        vals = logits[row, seen]
+        logits[row, seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+
+
+def banned_ngram_tokens(seq: list[int], n: int) -> set[int]:
+    """Tokens that would repeat an n-gram already in ``seq``."""
+    if n <= 0 or len(seq) + 1 < n:
+        return set()
+    prefix = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+    return {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i: i + n - 1]) == prefix}
+
+
+def apply_no_repeat_ngram(logits: np.ndarray, sequences: list[list[int]], n: int) -> None:
+    """Set logits of n-gram-repeating tokens to -inf."""
+    if n <= 0:
+        return
+    for row, seq in enumerate(sequences):
+        banned = banned_ngram_tokens(seq, n)
+        if banned:
+            logits[row, list(banned)] = -np.inf
+
+
+def top_k_top_p_filter(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """Keep the ``top_k`` best tokens and the smallest set with probability mass >= ``top_p``."""
+    logits = logits.copy()
+    if 0 < top_k < logits.shape[-1]:
+        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
+        logits[logits < kth] = -np.inf
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1)
+        sorted_logits = np.take_along_axis(logits, order, axis=-1)
+        probs = np.exp(log_softmax(sorted_logits))
+        cumulative = np.cumsum(probs, axis=-1)
+        remove = cumulative - probs > top_p
+        sorted_logits[remove] = -np.inf
+        np.put_along_axis(logits, order, sorted_logits, axis=-1)
+    return logits

@@ -1,0 +1,224 @@
+"""Run a seq2seq model exported in the Hugging Face Optimum ONNX layout, with a KV cache.
+
+Layouts: ``decoder_model_merged.onnx`` (with ``use_cache_branch``) or ``decoder_model.onnx`` +
+``decoder_with_past_model.onnx``. The encoder runs once; the cross-attention cache of step 0 is
+kept for the whole reply and only the self-attention cache grows.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetition_penalty, log_softmax,
+                         top_k_top_p_filter)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A generated token sequence (without the start token) and its summed log-probability."""
+
+    ids: tuple[int, ...]
+    logprob: float
+
+    @property
+    def mean_logprob(self) -> float:
+        """Log-probability per generated token."""
+        return self.logprob / max(1, len(self.ids))
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _pick(folder: Path, *names: str) -> Path | None:
+    for name in names:
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
+class Seq2SeqModel:
+    """Encoder + decoder ONNX sessions and the decoding loops (greedy, beam, sampling)."""
+
+    def __init__(self, folder: Path, threads: int = 2) -> None:
+        self.folder = folder
+        config = json.loads((folder / "config.json").read_text())
+        self.decoder_start_id = int(config["decoder_start_token_id"])
+        eos = config["eos_token_id"]
+        self.eos_id = int(eos[0] if isinstance(eos, list) else eos)
+        encoder = _pick(folder, "encoder_model.onnx", "encoder_model_quantized.onnx")
+        merged = _pick(folder, "decoder_model_merged.onnx", "decoder_model_merged_quantized.onnx")
+        if encoder is None:
+            raise FileNotFoundError(f"{folder} has no encoder_model.onnx: not an Optimum seq2seq export")
+        self.encoder = _session(encoder, threads)
+        if merged is not None:
+            self.decoder = self.decoder_with_past = _session(merged, threads)
+        else:
+            first = _pick(folder, "decoder_model.onnx", "decoder_model_quantized.onnx")
+            past = _pick(folder, "decoder_with_past_model.onnx", "decoder_with_past_model_quantized.onnx")
+            if first is None or past is None:
+                raise FileNotFoundError(f"{folder} needs decoder_model_merged.onnx or decoder_model.onnx + "
+                                        "decoder_with_past_model.onnx")
+            self.decoder = _session(first, threads)
+            self.decoder_with_past = _session(past, threads)
+        self.merged = merged is not None
+        self._past_inputs = [i for i in self.decoder_with_past.get_inputs() if i.name.startswith("past_key_values")]
+        self._present_names = [o.name for o in self.decoder.get_outputs() if o.name.startswith("present")]
+        self._with_past_outputs = [o.name for o in self.decoder_with_past.get_outputs()]
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, threads: int = 2) -> "Seq2SeqModel":
+        """Load an export folder."""
+        return cls(Path(folder), threads)
+
+    def decoder_bytes(self) -> int:
+        """Bytes of the decoder file used for every step after the first (the bandwidth-bound part)."""
+        path = _pick(self.folder, "decoder_model_merged.onnx", "decoder_with_past_model.onnx")
+        return path.stat().st_size
+
+    # --- low-level steps -------------------------------------------------------------------------
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Encoder hidden states, (batch, src, d)."""
+        return self.encoder.run(None, {"input_ids": input_ids.astype(np.int64),
+                                       "attention_mask": attention_mask.astype(np.int64)})[0]
+
+    def _feed(self, session, tokens, hidden, mask, past, use_cache: bool) -> dict:
+        names = {i.name for i in session.get_inputs()}
+        feed = {"input_ids": tokens.astype(np.int64), "encoder_attention_mask": mask.astype(np.int64)}
+        if "encoder_hidden_states" in names:
+            feed["encoder_hidden_states"] = hidden
+        if self.merged:
+            feed["use_cache_branch"] = np.array([use_cache])
+            if not use_cache:
+                for inp in self._past_inputs:
+                    shape = [tokens.shape[0] if isinstance(d, str) and "batch" in d else
+                             (d if isinstance(d, int) else 0) for d in inp.shape]
+                    shape[0], shape[2] = tokens.shape[0], 0
+                    feed[inp.name] = np.zeros(shape, dtype=np.float32)
+        if use_cache:
+            feed.update(past)
+        return feed
+
+    def first_step(self, tokens: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Run step 0; returns last-position logits and the cache (self + cross attention)."""
+        outputs = self.decoder.run(None, self._feed(self.decoder, tokens, hidden, mask, {}, False))
+        past = {name.replace("present", "past_key_values"): value
+                for name, value in zip(self._present_names, outputs[1:])}
+        return outputs[0][:, -1, :], past
+
+    def next_step(self, tokens: np.ndarray, hidden: np.ndarray, mask: np.ndarray,
+                  past: dict) -> tuple[np.ndarray, dict]:
+        """Run one step with the cache; only self-attention entries are replaced."""
+        outputs = self.decoder_with_past.run(None, self._feed(self.decoder_with_past, tokens, hidden, mask, past, True))
+        new_past = dict(past)
+        for name, value in zip(self._with_past_outputs[1:], outputs[1:]):
+            if ".decoder." in name:
+                new_past[name.replace("present", "past_key_values")] = value
+        return outputs[0][:, -1, :], new_past
+
+    # --- decoding ---------------------------------------------------------------------------------
+    def generate(self, source_ids: list[int], config: GenerationConfig = GenerationConfig()) -> list[Candidate]:
+        """Candidates for one source, best first (greedy: 1, beam: up to num_candidates, sample: num_candidates)."""
+        ids = np.asarray([source_ids], dtype=np.int64)
+        mask = np.ones_like(ids)
+        hidden = self.encode(ids, mask)
+        if config.strategy == "beam":
+            return self._beam_search(hidden, mask, config)
+        rows = 1 if config.strategy == "greedy" else config.num_candidates
+        return self._sample_or_greedy(np.repeat(hidden, rows, 0), np.repeat(mask, rows, 0), config)
+
+    def _process(self, logits: np.ndarray, seqs: list[list[int]], config: GenerationConfig, step: int) -> np.ndarray:
+        logits = logits.astype(np.float32, copy=True)
+        apply_repetition_penalty(logits, seqs, config.repetition_penalty)
+        apply_no_repeat_ngram(logits, seqs, config.no_repeat_ngram_size)
+        if step < config.min_new_tokens:
+            logits[:, self.eos_id] = -np.inf
+        return logits
+
+    def _sample_or_greedy(self, hidden, mask, config: GenerationConfig) -> list[Candidate]:
+        rows = hidden.shape[0]
+        rng = np.random.default_rng(config.seed)
+        deadline = None if config.time_budget_s is None else time.perf_counter() + config.time_budget_s
+        seqs = [[self.decoder_start_id] for _ in range(rows)]
+        scores = np.zeros(rows)
+        done = np.zeros(rows, dtype=bool)
+        tokens = np.full((rows, 1), self.decoder_start_id)
+        logits, past = self.first_step(tokens, hidden, mask)
+        for step in range(config.max_new_tokens):
+            processed = self._process(logits, seqs, config, step)
+            logp = log_softmax(processed)
+            if config.strategy == "greedy":
+                chosen = processed.argmax(-1)
+            else:
+                filtered = top_k_top_p_filter(processed / config.temperature, config.top_k, config.top_p)
+                probs = np.exp(log_softmax(filtered))
+                chosen = np.array([rng.choice(probs.shape[-1], p=p / p.sum()) for p in probs])
+            for r in range(rows):
+                if not done[r]:
+                    seqs[r].append(int(chosen[r]))
+                    scores[r] += logp[r, chosen[r]]
+                    done[r] = chosen[r] == self.eos_id
+            if done.all() or (deadline is not None and time.perf_counter() > deadline):
+                break
+            tokens = np.where(done, self.eos_id, chosen)[:, None]
+            logits, past = self.next_step(tokens, hidden, mask, past)
+        cands = [Candidate(tuple(s[1:]), float(sc)) for s, sc in zip(seqs, scores)]
+        return sorted(cands, key=lambda c: -c.mean_logprob)
+
+    def _beam_search(self, hidden, mask, config: GenerationConfig) -> list[Candidate]:
+        beams = config.num_beams
+        deadline = None if config.time_budget_s is None else time.perf_counter() + config.time_budget_s
+        tokens = np.full((1, 1), self.decoder_start_id)
+        logits, past = self.first_step(tokens, hidden, mask)
+        seqs: list[list[int]] = [[self.decoder_start_id]]
+        scores = np.zeros(1)
+        finished: list[tuple[float, Candidate]] = []
+        for step in range(config.max_new_tokens):
+            logp = log_softmax(self._process(logits, seqs, config, step))
+            total = (scores[:, None] + logp).ravel()
+            vocab = logp.shape[-1]
+            order = np.argsort(-total)[: 2 * beams]
+            next_rows, next_seqs, next_scores = [], [], []
+            for flat in order:
+                row, tok = divmod(int(flat), vocab)
+                if not np.isfinite(total[flat]):
+                    break
+                seq = seqs[row] + [tok]
+                if tok == self.eos_id:
+                    cand = Candidate(tuple(seq[1:]), float(total[flat]))
+                    finished.append((cand.logprob / len(cand.ids) ** config.length_penalty, cand))
+                else:
+                    next_rows.append(row)
+                    next_seqs.append(seq)
+                    next_scores.append(total[flat])
+                if len(next_rows) == beams:
+                    break
+            best_open = next_scores[0] / (step + 1) ** config.length_penalty if next_scores else -np.inf
+            enough = len(finished) >= beams and max(s for s, _ in finished) >= best_open
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            if not next_rows or enough or out_of_time or step == config.max_new_tokens - 1:
+                break
+            index = np.asarray(next_rows)
+            seqs, scores = next_seqs, np.asarray(next_scores)
+            past = {k: (v[index] if ".decoder." in k else v[:1].repeat(len(index), 0)) for k, v in past.items()}
+            rows_hidden = np.repeat(hidden[:1], len(index), 0)
+            rows_mask = np.repeat(mask[:1], len(index), 0)
+            tokens = np.asarray([[s[-1]] for s in seqs])
+            logits, past = self.next_step(tokens, rows_hidden, rows_mask, past)
+        for seq, score in zip(next_seqs, next_scores):
+            cand = Candidate(tuple(seq[1:]), float(score))
+            finished.append((cand.logprob / max(1, len(cand.ids)) ** config.length_penalty, cand))
+        finished.sort(key=lambda x: -x[0])
+        unique: dict[tuple[int, ...], Candidate] = {}
+        for _, cand in finished:
+            unique.setdefault(cand.ids, cand)
+        return list(unique.values())[: config.num_candidates]
