@@ -139,6 +139,16 @@ def export_onnx(model: PreTrainedModel, out_dir: Path) -> None:
     model.eval()
 
 
+def merge_decoder_files(folder: Path) -> None:
+    """Replace the two decoder files in ``folder`` by ``decoder_model_merged.onnx``."""
+    from .onnx_merge import merge_decoders
+
+    first, later = folder / "decoder_model.onnx", folder / "decoder_with_past_model.onnx"
+    merge_decoders(first, later, folder / "decoder_model_merged.onnx")
+    first.unlink()
+    later.unlink()
+
+
 def quantize_dir(src: Path, dst: Path) -> None:
     """int8 dynamic quantization of every ONNX file in ``src`` into ``dst`` (other files copied)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

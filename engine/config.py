@@ -1,0 +1,96 @@
+"""All configuration in one place: environment variables, optionally from a ``.env`` file.
+
+Every setting is documented in the README ("Configuration"). Names are RAPPORT_* except the
+platform tokens and REDIS_URL, which use their conventional names.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "exported_models" / "rapport-chat-small"
+DEFAULT_ENCODER = REPO_ROOT / "exported_models" / "minilm-l6-v2-encoder"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says what to set."""
+
+
+def load_dotenv(path: Path) -> dict[str, str]:
+    """Parse ``KEY=value`` lines of a ``.env`` file (``#`` comments, optional quotes)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings; see :meth:`from_env` for the variable of each field."""
+
+    redis_url: str | None = None
+    data_dir: Path = Path.home() / ".local/share/rapport"
+    model_dir: Path = DEFAULT_MODEL
+    encoder_dir: Path = DEFAULT_ENCODER
+    key_prefix: str = "rapport"
+    bot_name: str = "Rapport"
+    persona: tuple[str, ...] = ("i am a chatbot who likes to talk about anything",
+                                "i like music and movies", "i live on a server")
+    history_turns: int = 20
+    history_tokens: int = 1000
+    history_ttl_s: int = 7 * 24 * 3600
+    profile_ttl_s: int = 365 * 24 * 3600
+    rate_limit_per_minute: int = 20
+    lock_timeout_s: float = 30.0
+    reply_time_budget_s: float = 5.0
+    inference_threads: int = 2
+    max_message_chars: int = 4000
+    profile_weight: float = 0.5
+    telegram_token: str | None = field(default=None, repr=False)
+    discord_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":
+        """Read settings from ``env`` (default ``os.environ``), falling back to ``dotenv``."""
+        merged = load_dotenv(dotenv) if dotenv else {}
+        merged.update(os.environ if env is None else env)
+        names = {
+            "redis_url": "REDIS_URL", "data_dir": "RAPPORT_DATA_DIR", "model_dir": "RAPPORT_MODEL_DIR",
+            "encoder_dir": "RAPPORT_ENCODER_DIR", "key_prefix": "RAPPORT_KEY_PREFIX",
+            "bot_name": "RAPPORT_BOT_NAME", "persona": "RAPPORT_PERSONA",
+            "history_turns": "RAPPORT_HISTORY_TURNS", "history_tokens": "RAPPORT_HISTORY_TOKENS",
+            "history_ttl_s": "RAPPORT_HISTORY_TTL_S", "profile_ttl_s": "RAPPORT_PROFILE_TTL_S",
+            "rate_limit_per_minute": "RAPPORT_RATE_LIMIT_PER_MINUTE", "lock_timeout_s": "RAPPORT_LOCK_TIMEOUT_S",
+            "reply_time_budget_s": "RAPPORT_REPLY_TIME_BUDGET_S", "inference_threads": "RAPPORT_INFERENCE_THREADS",
+            "max_message_chars": "RAPPORT_MAX_MESSAGE_CHARS", "profile_weight": "RAPPORT_PROFILE_WEIGHT",
+            "telegram_token": "TELEGRAM_BOT_TOKEN", "discord_token": "DISCORD_BOT_TOKEN",
+        }
+        kwargs = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for attr, var in names.items():
+            raw = merged.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = types[attr]
+            try:
+                if attr == "persona":
+                    kwargs[attr] = tuple(p.strip() for p in raw.split("|") if p.strip())
+                elif "Path" in kind:
+                    kwargs[attr] = Path(raw).expanduser()
+                elif kind.startswith("int"):
+                    kwargs[attr] = int(raw)
+                elif kind.startswith("float"):
+                    kwargs[attr] = float(raw)
+                else:
+                    kwargs[attr] = raw
+            except ValueError as exc:
+                raise ConfigError(f"{var}={raw!r} is not a valid {kind.split()[0]}") from exc
+        return cls(**kwargs)

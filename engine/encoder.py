@@ -1,0 +1,51 @@
+"""Sentence encoder (all-MiniLM-L6-v2 in ONNX): text -> unit vector, mean-pooled."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+
+class SentenceEncoder:
+    """Embeds texts into one space used for ranking replies and for users' profile vectors."""
+
+    def __init__(self, folder: Path, threads: int = 2) -> None:
+        self.folder = Path(folder)
+        config = json.loads((self.folder / "encoder_config.json").read_text())
+        self.dim = int(config["dim"])
+        self.max_tokens = int(config["max_tokens"])
+        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_tokens)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), opts,
+                                            providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, threads: int = 2) -> "SentenceEncoder":
+        """Load an exported encoder folder."""
+        return cls(Path(folder), threads)
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Unit-norm float32 vectors, shape (len(texts), dim)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts])
+        for start in range(0, len(texts), batch_size):
+            idx = order[start: start + batch_size]
+            encs = self.tokenizer.encode_batch([texts[i] for i in idx])
+            width = max(len(e.ids) for e in encs)
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, e in enumerate(encs):
+                ids[row, : len(e.ids)] = e.ids
+                mask[row, : len(e.ids)] = 1
+            states = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            summed = (states * mask[..., None]).sum(1)
+            pooled = summed / np.maximum(mask.sum(1, keepdims=True), 1)
+            out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return out

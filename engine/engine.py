@@ -1,0 +1,151 @@
+"""The engine: one entry point, :meth:`Engine.handle`, used by every adapter and test.
+
+    async with Engine.from_settings(Settings.from_env()) as engine:
+        out = await engine.handle(IncomingMessage("fake", "c1", "u1", "hi"))
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .commands import MAX_FACTS, CommandContext, parse_command, run_command
+from .config import Settings
+from .facts import extract_facts
+from .memory import answer_from_memory
+from .messages import IncomingMessage, OutgoingMessage
+from .profile import update_profile
+from .prompt import Turn
+from .redis_server import EmbeddedRedis
+from .replier import Replier
+from .sanitize import clean_text
+from .store import LockTimeout, RedisStore, StoredTurn, UserRef
+
+log = logging.getLogger("rapport.engine")
+
+EMPTY_REPLY = "I got an empty message. Say something and I'll answer!"
+RATE_LIMITED = "You're sending messages faster than I can read them. I kept this one; give me a minute before the next."
+BUSY = "I'm still working on your previous message. Please send this one again in a moment."
+FAILED = "Sorry, something went wrong on my side while answering. Please try again."
+TOO_LONG = " (Your message was long, so I read only the first {n} characters.)"
+
+
+class Engine:
+    """Loads state, handles commands, generates replies, updates history and profile."""
+
+    def __init__(self, settings: Settings, store: RedisStore, replier: Replier,
+                 embedded: EmbeddedRedis | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.replier = replier
+        self.embedded = embedded
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-infer")
+        self._local_locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, replier: Replier | None = None) -> "Engine":
+        """Build the engine: the store at REDIS_URL or an embedded server, and the models."""
+        embedded = None
+        url = settings.redis_url
+        if not url:
+            embedded = EmbeddedRedis(settings.data_dir / "redis").start()
+            url = embedded.url
+        store = RedisStore.from_url(url, prefix=settings.key_prefix, history_turns=settings.history_turns,
+                                    history_tokens=settings.history_tokens, history_ttl_s=settings.history_ttl_s,
+                                    profile_ttl_s=settings.profile_ttl_s)
+        if replier is None:
+            replier = Replier.from_dirs(settings.model_dir, settings.encoder_dir, settings.inference_threads,
+                                        time_budget_s=settings.reply_time_budget_s)
+        return cls(settings, store, replier, embedded)
+
+    async def start(self) -> None:
+        """Check that Redis answers; raise a clear error if not."""
+        try:
+            await self.store.ping()
+        except Exception as exc:
+            raise ConnectionError(f"cannot reach Redis at {self.settings.redis_url or 'the embedded server'}: {exc}. "
+                                  "Check REDIS_URL or unset it to use the embedded server.") from exc
+
+    async def stop(self) -> None:
+        """Close connections, stop the worker thread and the embedded server."""
+        await self.store.close()
+        self._executor.shutdown(wait=True)
+        if self.embedded:
+            self.embedded.stop()
+
+    async def __aenter__(self) -> "Engine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # --- the one entry point -------------------------------------------------------------------------
+    async def handle(self, msg: IncomingMessage) -> OutgoingMessage:
+        """Answer one message. Messages of one user are answered in arrival order."""
+        ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
+        lock = self._local_locks.setdefault(ref.user, asyncio.Lock())
+        self._waiters[ref.user] = self._waiters.get(ref.user, 0) + 1
+        try:
+            async with lock:
+                try:
+                    async with self.store.user_lock(ref, self.settings.lock_timeout_s):
+                        text, kind = await self._answer(ref, msg)
+                except LockTimeout:
+                    text, kind = BUSY, "notice"
+                except Exception:
+                    log.exception("failed to answer %s", ref.user)
+                    text, kind = FAILED, "notice"
+        finally:
+            self._waiters[ref.user] -= 1
+            if not self._waiters[ref.user]:
+                del self._waiters[ref.user]
+                del self._local_locks[ref.user]
+        return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, text, msg.message_id, kind)
+
+    async def _answer(self, ref: UserRef, msg: IncomingMessage) -> tuple[str, str]:
+        text, cut = clean_text(msg.text, self.settings.max_message_chars)
+        if not text:
+            return EMPTY_REPLY, "notice"
+        if not await self.store.allow(ref, self.settings.rate_limit_per_minute):
+            await self.store.append_turns(ref, [StoredTurn("user", text, msg.timestamp)], self._tokens)
+            return RATE_LIMITED, "notice"
+        call = parse_command(text)
+        if call is not None:
+            ctx = CommandContext(self.store, ref, self.settings.bot_name, msg.user_name)
+            return await run_command(call, ctx), "command"
+        reply = await self._converse(ref, text)
+        if cut:
+            reply += TOO_LONG.format(n=self.settings.max_message_chars)
+        return reply, "reply"
+
+    async def _converse(self, ref: UserRef, text: str) -> str:
+        history = await self.store.history(ref)
+        facts = await self.store.facts(ref)
+        new_facts = [f for f in extract_facts(text) if f not in facts]
+        if new_facts:
+            facts = (facts + new_facts)[-MAX_FACTS:]
+            await self.store.set_facts(ref, facts)
+        vector, seen = await self.store.vector(ref)
+        prefs = await self.store.prefs(ref)
+        turns = [Turn(t.text, t.role == "user") for t in history] + [Turn(text, True)]
+        reply = answer_from_memory(text, facts)
+        loop = asyncio.get_running_loop()
+        if reply is None:
+            scored = await loop.run_in_executor(self._executor, self.replier.reply, turns,
+                                                list(self.settings.persona), facts, vector,
+                                                prefs.get("style", "balanced"))
+            reply = scored.text
+        if self.replier.encoder is not None:
+            message_vec = (await loop.run_in_executor(self._executor, self.replier.encoder.embed, [text]))[0]
+            vector, seen = update_profile(vector, seen, message_vec)
+            await self.store.set_vector(ref, vector, seen)
+        now = time.time()
+        await self.store.append_turns(ref, [StoredTurn("user", text, now), StoredTurn("bot", reply, now)],
+                                      self._tokens)
+        return reply
+
+    def _tokens(self, text: str) -> int:
+        return len(self.replier.codec.encode(text))

@@ -1,0 +1,37 @@
+"""The two message types every adapter speaks: one in, one out."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message from a person on a platform. ``user_id`` is required: it keys all state."""
+
+    platform: str
+    chat_id: str
+    user_id: str
+    text: str
+    user_name: str = ""
+    message_id: str = ""
+    timestamp: float = field(default_factory=time.time)
+    is_private: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("platform", "chat_id", "user_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or ":" in value and name == "platform":
+                raise ValueError(f"IncomingMessage.{name} must be a non-empty string, got {value!r}")
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """The engine's answer to one :class:`IncomingMessage`."""
+
+    platform: str
+    chat_id: str
+    user_id: str
+    text: str
+    reply_to: str = ""
+    kind: str = "reply"  # reply | command | notice (rate limit, error, busy)

@@ -1,0 +1,126 @@
+"""Generate reply candidates and pick one: ranker similarity + generator score + λ·P(u, c).
+
+This is synchronous, CPU-bound code: the engine runs it in a worker thread.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import SentenceEncoder
+from .generation import GenerationConfig
+from .profile import recommender_score
+from .prompt import PromptBudget, Turn, build_source_ids
+from .seq2seq import Seq2SeqModel
+from .text import TextCodec
+
+STYLES: dict[str, list[GenerationConfig]] = {
+    "balanced": [GenerationConfig("beam", max_new_tokens=32, num_beams=4, num_candidates=4, no_repeat_ngram_size=3),
+                 GenerationConfig("sample", max_new_tokens=32, num_candidates=4, top_p=0.9, temperature=0.8,
+                                  no_repeat_ngram_size=3, repetition_penalty=1.2)],
+    "precise": [GenerationConfig("beam", max_new_tokens=32, num_beams=5, num_candidates=5, no_repeat_ngram_size=3)],
+    "creative": [GenerationConfig("sample", max_new_tokens=40, num_candidates=8, top_p=0.95, temperature=1.0,
+                                  no_repeat_ngram_size=3, repetition_penalty=1.2)],
+    "short": [GenerationConfig("beam", max_new_tokens=16, num_beams=4, num_candidates=4, no_repeat_ngram_size=3,
+                               length_penalty=0.6)],
+    "long": [GenerationConfig("beam", max_new_tokens=48, min_new_tokens=12, num_beams=4, num_candidates=4,
+                              no_repeat_ngram_size=3, length_penalty=1.5),
+             GenerationConfig("sample", max_new_tokens=48, min_new_tokens=12, num_candidates=4, top_p=0.9,
+                              no_repeat_ngram_size=3, repetition_penalty=1.2)],
+}
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class RankWeights:
+    """Weights of the candidate score (see module docstring)."""
+
+    ranker: float = 1.0
+    generator: float = 0.1
+    profile: float = 0.5
+
+
+@dataclass(frozen=True)
+class ScoredReply:
+    """A candidate reply with its score parts."""
+
+    text: str
+    score: float
+    ranker: float
+    generator: float
+    profile: float
+
+
+class Replier:
+    """Turns (history, profile) into a reply with the seq2seq model and the sentence encoder."""
+
+    def __init__(self, model: Seq2SeqModel, codec: TextCodec, encoder: SentenceEncoder | None,
+                 budget: PromptBudget = PromptBudget(), weights: RankWeights = RankWeights(),
+                 time_budget_s: float = 5.0) -> None:
+        self.model = model
+        self.codec = codec
+        self.encoder = encoder
+        self.budget = budget
+        self.weights = weights
+        self.time_budget_s = time_budget_s
+
+    @classmethod
+    def from_dirs(cls, model_dir: Path, encoder_dir: Path | None, threads: int = 2, **kwargs) -> "Replier":
+        """Load the seq2seq export (and its prompt budget) and the sentence encoder."""
+        model = Seq2SeqModel.from_dir(model_dir, threads)
+        codec = TextCodec.from_file(model_dir / "tokenizer.json")
+        budget = PromptBudget()
+        runtime = model_dir / "rapport_config.json"
+        if runtime.exists():
+            data = json.loads(runtime.read_text())
+            budget = PromptBudget(**data.get("prompt_budget", {}))
+        encoder = SentenceEncoder.from_dir(encoder_dir, threads) if encoder_dir and encoder_dir.exists() else None
+        return cls(model, codec, encoder, budget, **kwargs)
+
+    def source_ids(self, turns: list[Turn], persona: list[str], user_facts: list[str]) -> list[int]:
+        """Model input for this conversation."""
+        return build_source_ids(self.codec.encode, self.codec.special_ids, turns, persona, user_facts, self.budget)
+
+    def candidates(self, source: list[int], style: str) -> list[tuple[str, float]]:
+        """Distinct non-empty (text, mean log-prob) candidates of every decoding setting of ``style``."""
+        seen: dict[str, float] = {}
+        for config in STYLES.get(style, STYLES["balanced"]):
+            config = config.with_(time_budget_s=self.time_budget_s / 2)
+            for cand in self.model.generate(source, config):
+                text = self.codec.decode(list(cand.ids))
+                if _WORD.search(text) and text not in seen:
+                    seen[text] = cand.mean_logprob
+        return list(seen.items())
+
+    def rank(self, context: str, cands: list[tuple[str, float]], profile: np.ndarray | None,
+             user_text: str) -> list[ScoredReply]:
+        """Score candidates; best first. Without an encoder only the generator score counts."""
+        texts = [t for t, _ in cands]
+        gen = np.array([s for _, s in cands], dtype=np.float32)
+        if self.encoder is None:
+            ranker = np.zeros(len(texts), dtype=np.float32)
+            prof = np.zeros(len(texts), dtype=np.float32)
+        else:
+            vecs = self.encoder.embed([context] + texts)
+            ranker = vecs[1:] @ vecs[0]
+            prof = recommender_score(profile, vecs[1:])
+        w = self.weights
+        echo = np.array([t.lower() == user_text.lower() for t in texts], dtype=np.float32)
+        scores = w.ranker * ranker + w.generator * gen + w.profile * prof - echo
+        order = np.argsort(-scores)
+        return [ScoredReply(texts[i], float(scores[i]), float(ranker[i]), float(gen[i]), float(prof[i]))
+                for i in order]
+
+    def reply(self, turns: list[Turn], persona: list[str], user_facts: list[str],
+              profile: np.ndarray | None, style: str = "balanced") -> ScoredReply:
+        """The best reply to the last turn."""
+        source = self.source_ids(turns, persona, user_facts)
+        cands = self.candidates(source, style)
+        if not cands:
+            return ScoredReply("Sorry, I'm lost for words. Could you say that another way?", 0.0, 0.0, 0.0, 0.0)
+        context = " ".join(t.text for t in turns[-2:])
+        return self.rank(context, cands, profile, turns[-1].text if turns else "")[0]

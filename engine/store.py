@@ -1,0 +1,200 @@
+"""Per-user state in Redis: history, facts, profile vector, preferences, lock, rate limit.
+
+Key schema (``P`` is the prefix, ``U`` = ``{platform}:{user_id}``, ``C`` = ``{platform}:{chat_id}``):
+
+  P:hist:C:U     list of JSON turns {"role","text","ts"}   capped by turns and tokens; TTL history_ttl_s
+  P:chats:U      set of chat keys holding U's history          TTL history_ttl_s
+  P:facts:U      list of fact strings                          TTL profile_ttl_s
+  P:vec:U        string, float32 bytes of the profile vector   TTL profile_ttl_s
+  P:prefs:U      hash of preferences (style, ...)              TTL profile_ttl_s
+  P:seen:U       string, number of messages the vector has seen TTL profile_ttl_s
+  P:lock:U       string, lock token                            PX lock_timeout
+  P:rate:U:M     counter for minute M                          TTL 60 s
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol
+
+import numpy as np
+import redis.asyncio as aioredis
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+
+
+@dataclass(frozen=True)
+class UserRef:
+    """Who a message is from and where: all state is keyed by these."""
+
+    platform: str
+    user_id: str
+    chat_id: str
+
+    @property
+    def user(self) -> str:
+        return f"{self.platform}:{self.user_id}"
+
+    @property
+    def chat(self) -> str:
+        return f"{self.platform}:{self.chat_id}"
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """One stored turn of a conversation."""
+
+    role: str  # "user" or "bot"
+    text: str
+    ts: float
+
+
+class LockTimeout(RuntimeError):
+    """Another reply to the same user is still running after the lock timeout."""
+
+
+class Store(Protocol):
+    """What the engine needs from a state store."""
+
+    async def history(self, ref: UserRef) -> list[StoredTurn]: ...
+    async def append_turns(self, ref: UserRef, turns: list[StoredTurn], token_count) -> None: ...
+    async def clear_history(self, ref: UserRef) -> None: ...
+    async def facts(self, ref: UserRef) -> list[str]: ...
+    async def set_facts(self, ref: UserRef, facts: list[str]) -> None: ...
+    async def vector(self, ref: UserRef) -> tuple[np.ndarray | None, int]: ...
+    async def set_vector(self, ref: UserRef, vector: np.ndarray, seen: int) -> None: ...
+    async def prefs(self, ref: UserRef) -> dict[str, str]: ...
+    async def set_pref(self, ref: UserRef, key: str, value: str) -> None: ...
+    async def forget_user(self, ref: UserRef) -> int: ...
+    async def allow(self, ref: UserRef, per_minute: int) -> bool: ...
+    def user_lock(self, ref: UserRef, timeout_s: float) -> "AsyncIterator[None]": ...
+
+
+class RedisStore:
+    """:class:`Store` on any Redis-protocol server (Redis, Valkey)."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "rapport", history_turns: int = 20,
+                 history_tokens: int = 1000, history_ttl_s: int = 7 * 86400, profile_ttl_s: int = 365 * 86400):
+        self.r = client
+        self.p = prefix
+        self.history_turns = history_turns
+        self.history_tokens = history_tokens
+        self.history_ttl_s = history_ttl_s
+        self.profile_ttl_s = profile_ttl_s
+        self._release = self.r.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs) -> "RedisStore":
+        """Connect lazily to ``url`` (redis://host:port/db)."""
+        return cls(aioredis.from_url(url, decode_responses=False, health_check_interval=30), **kwargs)
+
+    async def ping(self) -> None:
+        """Raise if the server cannot be reached."""
+        await self.r.ping()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.r.aclose()
+
+    def _k(self, kind: str, *parts: str) -> str:
+        return ":".join((self.p, kind, *parts))
+
+    # --- history --------------------------------------------------------------------------------
+    async def history(self, ref: UserRef) -> list[StoredTurn]:
+        raw = await self.r.lrange(self._k("hist", ref.chat, ref.user), 0, -1)
+        return [StoredTurn(**json.loads(item)) for item in raw]
+
+    async def append_turns(self, ref: UserRef, turns: list[StoredTurn], token_count) -> None:
+        """Append ``turns``; then drop the oldest until within the turn and token caps."""
+        key = self._k("hist", ref.chat, ref.user)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(key, *[json.dumps(t.__dict__, ensure_ascii=False) for t in turns])
+        pipe.ltrim(key, -self.history_turns, -1)
+        pipe.expire(key, self.history_ttl_s)
+        pipe.sadd(self._k("chats", ref.user), ref.chat)
+        pipe.expire(self._k("chats", ref.user), self.history_ttl_s)
+        await pipe.execute()
+        kept = await self.history(ref)
+        total, drop = sum(token_count(t.text) for t in kept), 0
+        while total > self.history_tokens and drop < len(kept) - 1:
+            total -= token_count(kept[drop].text)
+            drop += 1
+        if drop:
+            await self.r.ltrim(key, drop, -1)
+
+    async def clear_history(self, ref: UserRef) -> None:
+        await self.r.delete(self._k("hist", ref.chat, ref.user))
+
+    # --- profile ----------------------------------------------------------------------------------
+    async def facts(self, ref: UserRef) -> list[str]:
+        return [f.decode() for f in await self.r.lrange(self._k("facts", ref.user), 0, -1)]
+
+    async def set_facts(self, ref: UserRef, facts: list[str]) -> None:
+        key = self._k("facts", ref.user)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(key)
+        if facts:
+            pipe.rpush(key, *facts)
+            pipe.expire(key, self.profile_ttl_s)
+        await pipe.execute()
+
+    async def vector(self, ref: UserRef) -> tuple[np.ndarray | None, int]:
+        raw, seen = await self.r.mget(self._k("vec", ref.user), self._k("seen", ref.user))
+        if raw is None:
+            return None, 0
+        return np.frombuffer(raw, dtype=np.float32).copy(), int(seen or 0)
+
+    async def set_vector(self, ref: UserRef, vector: np.ndarray, seen: int) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self._k("vec", ref.user), vector.astype(np.float32).tobytes(), ex=self.profile_ttl_s)
+        pipe.set(self._k("seen", ref.user), seen, ex=self.profile_ttl_s)
+        await pipe.execute()
+
+    async def prefs(self, ref: UserRef) -> dict[str, str]:
+        raw = await self.r.hgetall(self._k("prefs", ref.user))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def set_pref(self, ref: UserRef, key: str, value: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self._k("prefs", ref.user), key, value)
+        pipe.expire(self._k("prefs", ref.user), self.profile_ttl_s)
+        await pipe.execute()
+
+    async def forget_user(self, ref: UserRef) -> int:
+        """Delete every key about the user (all chats' history included); returns keys deleted."""
+        chats = [c.decode() for c in await self.r.smembers(self._k("chats", ref.user))]
+        keys = [self._k("hist", chat, ref.user) for chat in set(chats) | {ref.chat}]
+        keys += [self._k(kind, ref.user) for kind in ("chats", "facts", "vec", "prefs", "seen")]
+        return int(await self.r.delete(*keys))
+
+    # --- concurrency --------------------------------------------------------------------------------
+    async def allow(self, ref: UserRef, per_minute: int) -> bool:
+        """Fixed-window rate limit: at most ``per_minute`` messages per user and minute."""
+        key = self._k("rate", ref.user, str(int(time.time() // 60)))
+        pipe = self.r.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, 60)
+        count, _ = await pipe.execute()
+        return int(count) <= per_minute
+
+    @asynccontextmanager
+    async def user_lock(self, ref: UserRef, timeout_s: float) -> AsyncIterator[None]:
+        """Cross-process lock on the user; expires after ``timeout_s`` if its holder dies."""
+        key, token = self._k("lock", ref.user), secrets.token_hex(8)
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while not await self.r.set(key, token, nx=True, px=int(timeout_s * 1000)):
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"user {ref.user} is still locked after {timeout_s} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        try:
+            yield
+        finally:
+            await self._release(keys=[key], args=[token])

