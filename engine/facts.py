@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+|,?\s+(?:and|but)\s+(?=(?:i|my|i'm|im)\b)", re.IGNORECASE)
 _FACT_START = re.compile(
     r"^(?:so |well |and |but |also |actually |oh |yeah |yes |haha |lol )*"
     r"(my name is|my name's|call me|i am|i'm|im|i like|i love|i enjoy|i hate|i work|i live|"

@@ -55,6 +55,7 @@ class Seq2SeqModel:
         self.decoder_start_id = int(config["decoder_start_token_id"])
         eos = config["eos_token_id"]
         self.eos_id = int(eos[0] if isinstance(eos, list) else eos)
+        self.pad_id = int(config.get("pad_token_id") or 0)
         encoder = _pick(folder, "encoder_model.onnx", "encoder_model_quantized.onnx")
         merged = _pick(folder, "decoder_model_merged.onnx", "decoder_model_merged_quantized.onnx")
         if encoder is None:
@@ -124,6 +125,33 @@ class Seq2SeqModel:
             if ".decoder." in name:
                 new_past[name.replace("present", "past_key_values")] = value
         return outputs[0][:, -1, :], new_past
+
+    def score(self, sources: list[list[int]], targets: list[list[int]]) -> np.ndarray:
+        """Per-token log-probabilities of each target given its source, teacher-forced in one batch.
+
+        Returns (batch, max target length) with 0 where a target is shorter.
+        """
+        def pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+            width = max(len(r) for r in rows)
+            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)], mask[i, : len(r)] = r, 1
+            return ids, mask
+
+        dec, _ = pad([[self.decoder_start_id, *t[:-1]] for t in targets])
+        tgt, tgt_mask = pad(targets)
+        if all(s == sources[0] for s in sources):  # one context, many candidates: encode once
+            src, src_mask = pad(sources[:1])
+            hidden = np.repeat(self.encode(src, src_mask), len(sources), 0)
+            src_mask = np.repeat(src_mask, len(sources), 0)
+        else:
+            src, src_mask = pad(sources)
+            hidden = self.encode(src, src_mask)
+        logits = self.decoder.run(None, self._feed(self.decoder, dec, hidden, src_mask, {}, False))[0]
+        logp = log_softmax(logits.astype(np.float32))
+        picked = np.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+        return picked * tgt_mask
 
     # --- decoding ---------------------------------------------------------------------------------
     def generate(self, source_ids: list[int], config: GenerationConfig = GenerationConfig()) -> list[Candidate]:

@@ -1,0 +1,70 @@
+"""The ``rapport`` command line: ``rapport chat`` (more commands come with more adapters)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from engine.config import ConfigError, Settings
+from engine.engine import Engine
+
+from .fake import stdin_is_tty, terminal_chat
+
+
+def _chat(args: argparse.Namespace, settings: Settings) -> int:
+    if args.model:
+        settings = replace(settings, model_dir=args.model)
+    if args.encoder:
+        settings = replace(settings, encoder_dir=args.encoder)
+    if not (settings.model_dir / "tokenizer.json").exists():
+        print(f"error: no model at {settings.model_dir}: set RAPPORT_MODEL_DIR or pass --model", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        async with Engine.from_settings(settings) as engine:
+            await terminal_chat(engine, args.user, args.name, sys.stdin.buffer, sys.stdout, stdin_is_tty())
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``rapport``."""
+    parser = argparse.ArgumentParser(prog="rapport", description="Rapport, a personalized chatbot.")
+    parser.add_argument("--env-file", type=Path, default=Path(".env"), help="optional .env file (default ./.env)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chat = sub.add_parser("chat", help="chat with the bot in the terminal (piped input: one reply per line)",
+                          description="Chat in the terminal. With piped stdin, prints one reply line per input line.")
+    chat.add_argument("--user", default="local", help="your user id (state is kept per id; default: local)")
+    chat.add_argument("--name", default="", help="your display name")
+    chat.add_argument("--model", type=Path, help="seq2seq export folder (default: RAPPORT_MODEL_DIR or the shipped one)")
+    chat.add_argument("--encoder", type=Path, help="sentence encoder folder (default: RAPPORT_ENCODER_DIR)")
+    chat.set_defaults(run=_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rapport`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env(dotenv=args.env_file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return args.run(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

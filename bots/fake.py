@@ -1,0 +1,62 @@
+"""The fake adapter: a terminal chat and a programmatic driver for scripted multi-user tests."""
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import defaultdict
+from typing import BinaryIO, TextIO
+
+from engine.engine import Engine
+from engine.messages import IncomingMessage, OutgoingMessage
+
+PLATFORM = "fake"
+
+
+class FakeAdapter:
+    """Sends messages to the engine as named users and collects every reply per chat."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.outbox: dict[str, list[OutgoingMessage]] = defaultdict(list)
+        self._next_id = 0
+
+    async def send(self, user_id: str, text: str, chat_id: str | None = None, user_name: str = "",
+                   is_private: bool = True) -> OutgoingMessage:
+        """Deliver ``text`` from ``user_id`` (in ``chat_id``, default the user's private chat)."""
+        self._next_id += 1
+        msg = IncomingMessage(PLATFORM, chat_id or user_id, user_id, text, user_name=user_name,
+                              message_id=str(self._next_id), is_private=is_private)
+        out = await self.engine.handle(msg)
+        self.outbox[out.chat_id].append(out)
+        return out
+
+
+def one_line(text: str) -> str:
+    """A reply on a single line (for piped, line-per-line use)."""
+    return " | ".join(line for line in text.splitlines() if line.strip())
+
+
+async def terminal_chat(engine: Engine, user_id: str, user_name: str, stdin: BinaryIO, stdout: TextIO,
+                        interactive: bool) -> None:
+    """Chat on the terminal; with piped input, print exactly one reply line per input line."""
+    adapter = FakeAdapter(engine)
+    name = engine.settings.bot_name
+    if interactive:
+        stdout.write(f"{name}: Hi! I'm {name}. Type /help for commands, Ctrl-D to quit.\n")
+    loop = asyncio.get_running_loop()
+    while True:
+        if interactive:
+            stdout.write("you: ")
+            stdout.flush()
+        raw = await loop.run_in_executor(None, stdin.readline)
+        if not raw:
+            break
+        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        out = await adapter.send(user_id, text, user_name=user_name)
+        stdout.write(f"{name}: {out.text}\n" if interactive else one_line(out.text) + "\n")
+        stdout.flush()
+
+
+def stdin_is_tty() -> bool:
+    """True when a person is typing (not piped input)."""
+    return sys.stdin.isatty()

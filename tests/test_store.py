@@ -1,0 +1,62 @@
+"""The Redis store against a real Redis-protocol server."""
+import asyncio
+
+import numpy as np
+import pytest
+
+from engine.store import LockTimeout, StoredTurn, UserRef
+
+REF = UserRef("fake", "u1", "c1")
+
+
+def words(text):
+    return len(text.split())
+
+
+async def test_history_capped_by_turns_and_tokens_with_ttl(store):
+    await store.append_turns(REF, [StoredTurn("user", f"m{i}", i) for i in range(10)], words)
+    assert [t.text for t in await store.history(REF)] == [f"m{i}" for i in range(4, 10)]
+    await store.append_turns(REF, [StoredTurn("bot", "w " * 150, 11), StoredTurn("user", "w " * 100, 12)], words)
+    kept = await store.history(REF)
+    assert sum(words(t.text) for t in kept) <= 200 and kept[-1].ts == 12
+    ttl = await store.r.ttl(f"{store.p}:hist:fake:c1:fake:u1")
+    assert 0 < ttl <= store.history_ttl_s
+
+
+async def test_profile_round_trip_and_forget(store):
+    other = UserRef("fake", "u2", "c1")
+    await store.set_facts(REF, ["i like jazz", "my name is ana"])
+    await store.set_vector(REF, np.arange(4, dtype=np.float32), 3)
+    await store.set_pref(REF, "style", "short")
+    await store.append_turns(REF, [StoredTurn("user", "hi", 1)], words)
+    await store.append_turns(UserRef("fake", "u1", "group"), [StoredTurn("user", "yo", 1)], words)
+    await store.set_facts(other, ["i like rock"])
+    vec, seen = await store.vector(REF)
+    assert vec.tolist() == [0, 1, 2, 3] and seen == 3
+    assert await store.facts(REF) == ["i like jazz", "my name is ana"]
+    assert await store.prefs(REF) == {"style": "short"}
+    assert await store.forget_user(REF) == 7
+    assert await store.r.keys(f"{store.p}:*:fake:u1*") == []
+    assert await store.facts(other) == ["i like rock"]
+
+
+async def test_rate_limit(store):
+    results = [await store.allow(REF, 3) for _ in range(5)]
+    assert results == [True, True, True, False, False]
+
+
+async def test_lock_serialises_and_times_out(store):
+    order = []
+
+    async def work(i):
+        async with store.user_lock(REF, 2.0):
+            order.append(("in", i))
+            await asyncio.sleep(0.05)
+            order.append(("out", i))
+
+    await asyncio.gather(*(work(i) for i in range(4)))
+    assert all(order[k][0] == "in" and order[k + 1] == ("out", order[k][1]) for k in range(0, 8, 2))
+    async with store.user_lock(REF, 5.0):
+        with pytest.raises(LockTimeout):
+            async with store.user_lock(REF, 0.1):
+                pass

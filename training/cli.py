@@ -1,0 +1,31 @@
+"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+JOBS = {
+    "prepare": ("training.prepare_cli", "clean and split the chit-chat corpus, extract profile facts"),
+    "train": ("training.train", "train the seq2seq model (checkpoints, --resume, --max-minutes)"),
+    "export": ("training.export", "export a checkpoint to int8 ONNX in exported_models/"),
+    "export-encoder": ("training.export_encoder", "export the MiniLM sentence encoder to ONNX"),
+    "eval": ("training.evaluate", "evaluate an export on the held-out splits, write the model card"),
+    "fixtures": ("training.fixtures", "write the tiny BART and T5 test fixtures"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to one job module's ``main``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in JOBS:
+        print("usage: rapport-train {" + ",".join(JOBS) + "} [options]\n")
+        for name, (_, text) in JOBS.items():
+            print(f"  {name:15s} {text}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(JOBS[argv[0]][0])
+    module.main(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

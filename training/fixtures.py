@@ -1,0 +1,64 @@
+"""Write tiny random BART and T5 exports and their Hugging Face ``generate`` outputs as test fixtures.
+
+    rapport-train fixtures --out tests/fixtures
+
+BART is written with a merged decoder, T5 with decoder + decoder-with-past: both Optimum layouts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (BartConfig, BartForConditionalGeneration, GenerationConfig, T5Config,
+                          T5ForConditionalGeneration)
+
+from .onnx_export import export_onnx, merge_decoder_files
+
+BEAMS = 3
+MAX_NEW = 12
+
+
+def tiny_models() -> dict[str, torch.nn.Module]:
+    """Small random models (seeded) of two architectures."""
+    torch.manual_seed(0)
+    bart = BartForConditionalGeneration(BartConfig(
+        vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        decoder_start_token_id=2, eos_token_id=2, bos_token_id=0, pad_token_id=1, forced_eos_token_id=None))
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                             num_heads=4, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0))
+    return {"tiny-bart": bart.eval(), "tiny-t5": t5.eval()}
+
+
+def hf_outputs(model, sources: list[list[int]], beams: int) -> list[list[int]]:
+    """Hugging Face ``generate`` output (start token dropped) for each source."""
+    config = GenerationConfig(do_sample=False, num_beams=beams, max_new_tokens=MAX_NEW,
+                              decoder_start_token_id=model.config.decoder_start_token_id,
+                              eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id,
+                              early_stopping=beams > 1)
+    with torch.no_grad():
+        return [model.generate(torch.tensor([s]), generation_config=config)[0].tolist()[1:] for s in sources]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="rapport-train fixtures", description=__doc__)
+    p.add_argument("--out", type=Path, default=Path("tests/fixtures"))
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    sources = [[int(x) for x in rng.integers(3, 99, size=int(rng.integers(3, 20)))] for _ in range(20)]
+    for name, model in tiny_models().items():
+        folder = args.out / name
+        export_onnx(model, folder)
+        if name == "tiny-bart":
+            merge_decoder_files(folder)
+        model.config.to_json_file(folder / "config.json")
+        expected = {"sources": sources, "greedy": hf_outputs(model, sources, 1),
+                    "beam": hf_outputs(model, sources, BEAMS), "num_beams": BEAMS, "max_new_tokens": MAX_NEW}
+        (folder / "expected.json").write_text(json.dumps(expected))
+
+
+if __name__ == "__main__":
+    main()
