@@ -171,7 +171,12 @@ class RedisStore:
         chats = [c.decode() for c in await self.r.smembers(self._k("chats", ref.user))]
         keys = [self._k("hist", chat, ref.user) for chat in set(chats) | {ref.chat}]
         keys += [self._k(kind, ref.user) for kind in ("chats", "facts", "vec", "prefs", "seen")]
+        keys += [self._k("rate", ref.user, m) async for m in self._rate_minutes(ref)]
         return int(await self.r.delete(*keys))
+
+    async def _rate_minutes(self, ref: UserRef):
+        async for key in self.r.scan_iter(match=self._k("rate", ref.user, "*"), count=100):
+            yield key.decode().rsplit(":", 1)[1]
 
     # --- concurrency --------------------------------------------------------------------------------
     async def allow(self, ref: UserRef, per_minute: int) -> bool:

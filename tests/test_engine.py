@@ -1,0 +1,130 @@
+"""The engine end to end: real model, real Redis server, the fake adapter."""
+import asyncio
+import json
+from dataclasses import replace
+
+import pytest
+
+from bots.fake import FakeAdapter
+from engine.engine import EMPTY_REPLY, RATE_LIMITED, TOO_LONG, Engine
+from engine.messages import IncomingMessage
+
+
+@pytest.fixture
+async def engine(settings, replier):
+    eng = Engine.from_settings(settings, replier=replier)
+    async with eng:
+        yield eng
+
+
+async def test_commands(engine):
+    bot = FakeAdapter(engine)
+    assert "Rapport" in (await bot.send("u1", "/start", user_name="Ana")).text
+    assert "/profile" in (await bot.send("u1", "/help")).text
+    assert "/help" in (await bot.send("u1", "/nonsense")).text
+    assert (await bot.send("u1", "/profile add I play the guitar")).text == "Added: i play the guitar"
+    assert (await bot.send("u1", "/profile add I like tea")).text == "Added: i like tea"
+    shown = (await bot.send("u1", "/profile")).text
+    assert "1. i play the guitar" in shown and "2. i like tea" in shown
+    assert (await bot.send("u1", "/profile forget 1")).text == "Forgotten: i play the guitar"
+    assert "between 1 and 1" in (await bot.send("u1", "/profile forget 7")).text
+    assert "short" in (await bot.send("u1", "/style short")).text
+    assert "Choose one" in (await bot.send("u1", "/style loud")).text
+    exported = json.loads((await bot.send("u1", "/export")).text)
+    assert exported["facts"] == ["i like tea"] and exported["preferences"] == {"style": "short"}
+    assert "forgot this conversation" in (await bot.send("u1", "/reset")).text
+    assert (await engine.store.facts(engine_ref("u1"))) == ["i like tea"]
+    assert "deleted everything" in (await bot.send("u1", "/forget")).text
+    assert await engine.store.r.keys(f"{engine.settings.key_prefix}:*fake:u1*") == []
+
+
+def engine_ref(user):
+    from engine.store import UserRef
+    return UserRef("fake", user, user)
+
+
+async def test_conversation_remembers_name_and_likes(engine):
+    bot = FakeAdapter(engine)
+    reply = await bot.send("ana", "hi! my name is Ana and I like jazz")
+    assert reply.kind == "reply" and reply.text.strip()
+    assert (await bot.send("ana", "what's my name?")).text == "Your name is Ana."
+    assert "you like jazz" in (await bot.send("ana", "what do you know about me?")).text
+    assert "haven't told me" in (await bot.send("bob", "what's my name?")).text
+    history = await engine.store.history(engine_ref("ana"))
+    assert [t.role for t in history] == ["user", "bot"] * 3
+    vec, seen = await engine.store.vector(engine_ref("ana"))
+    assert seen == 3 and vec.shape == (384,)
+
+
+async def test_memory_survives_restart(tmp_path, replier, prefix):
+    from engine.config import Settings
+    settings = Settings(redis_url=None, data_dir=tmp_path, key_prefix=prefix)
+    async with Engine.from_settings(settings, replier=replier) as eng:
+        await FakeAdapter(eng).send("ana", "My name is Ana. I love hiking")
+    async with Engine.from_settings(settings, replier=replier) as eng:
+        bot = FakeAdapter(eng)
+        assert (await bot.send("ana", "what is my name")).text == "Your name is Ana."
+        assert "i love hiking" in (await bot.send("ana", "/profile")).text
+
+
+async def test_fifty_concurrent_users_get_their_own_replies_in_order(engine):
+    bot = FakeAdapter(engine)
+
+    async def user(k):
+        uid = f"user{k}"
+        tasks = [asyncio.create_task(bot.send(uid, text)) for text in (
+            f"my name is Person{k}", f"/profile add fact {k} one", f"/profile add fact {k} two",
+            "what's my name?", "tell me something fun")]
+        return uid, await asyncio.gather(*tasks)
+
+    results = await asyncio.wait_for(asyncio.gather(*(user(k) for k in range(50))), timeout=600)
+    for uid, outs in results:
+        k = uid.removeprefix("user")
+        assert all(o.user_id == uid and o.chat_id == uid for o in outs)
+        assert outs[1].text == f"Added: fact {k} one" and outs[2].text == f"Added: fact {k} two"
+        assert outs[3].text == f"Your name is Person{k}."
+        assert outs[4].kind == "reply" and outs[4].text
+        history = await engine.store.history(engine_ref(uid))
+        assert [t.text for t in history if t.role == "user"] == [f"my name is Person{k}", "what's my name?",
+                                                                    "tell me something fun"]
+
+
+BAD_INPUTS = ["", "   \n\t ", "x" * 100_000, "\x00\x01\x02 hello \x7f", "😀🎉🔥" * 50, "你好，你叫什么名字？",
+              "مرحبا كيف حالك", "zero\u200bwidth\u200d\ufeff text", "\u202eevil rtl", b"bad \xff\xfe utf8".decode(
+                  "utf-8", errors="surrogateescape"), "/", "/profile forget -1", "/profile forget 99999999999999999999",
+              "/style", "/PROFILE", "/profile add " + "z" * 5000, "\n/reset", "@everyone <b>hi</b> [x](y)"]
+
+
+@pytest.mark.parametrize("text", BAD_INPUTS, ids=range(len(BAD_INPUTS)))
+async def test_bad_input_gets_a_reply(engine, text):
+    out = await FakeAdapter(engine).send("bad", text)
+    assert out.text.strip() and out.user_id == "bad"
+    if not text.strip():
+        assert out.text == EMPTY_REPLY
+    if len(text) == 100_000:
+        assert out.text.endswith(TOO_LONG.format(n=engine.settings.max_message_chars))
+
+
+async def test_rate_limit_keeps_the_message(settings, replier):
+    async with Engine.from_settings(replace(settings, rate_limit_per_minute=2), replier=replier) as eng:
+        bot = FakeAdapter(eng)
+        for text in ("/help", "/help"):
+            await bot.send("fast", text)
+        out = await bot.send("fast", "please remember this")
+        assert out.text == RATE_LIMITED and out.kind == "notice"
+        assert (await eng.store.history(engine_ref("fast")))[-1].text == "please remember this"
+
+
+async def test_group_chat_keeps_users_apart(engine):
+    a = IncomingMessage("fake", "group1", "alice", "my name is Alice", is_private=False)
+    b = IncomingMessage("fake", "group1", "bob", "what's my name?", is_private=False)
+    await engine.handle(a)
+    out = await engine.handle(b)
+    assert "Alice" not in out.text and out.user_id == "bob"
+
+
+async def test_unreachable_redis_is_a_clear_error(settings, replier):
+    eng = Engine.from_settings(replace(settings, redis_url="redis://127.0.0.1:1/0"), replier=replier)
+    with pytest.raises(ConnectionError, match="cannot reach Redis"):
+        await eng.start()
+    await eng.stop()
