@@ -113,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=6000, help="examples between evaluations")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-only", action="store_true", help="evaluate <run>/last.pt once (adds a log line)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (3x slower on CPUs without bf16 units)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -166,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
             state["best_nll"] = nll
             save("best.pt")
 
+    if args.eval_only:
+        evaluate()
+        return
     model.train()
     started = time.time()
     seconds_at_start = state["seconds"]

@@ -1,0 +1,121 @@
+"""Decode and reply latency of the shipped model, against the memory-bandwidth limit.
+
+    python -m bench.latency [--model DIR] [--users 50] [--out bench/results/latency.json]
+
+Prints a table and writes JSON: measured memory bandwidth, decoder bytes, the per-token limit
+(bytes / bandwidth), measured per-token decode latency at batch 1 (ratio to the limit), reply
+latency p50/p95 through the whole engine (real Redis server) for 1 and N concurrent users, peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bots.fake import FakeAdapter
+from engine.config import DEFAULT_ENCODER, DEFAULT_MODEL, Settings
+from engine.engine import Engine
+from engine.generation import GenerationConfig
+from engine.redis_server import EmbeddedRedis
+from engine.replier import Replier
+
+PROMPTS = ["hi, how are you today?", "what do you do for fun?", "i just got back from a hike in the mountains",
+           "do you like pizza?", "what's the best movie you have seen?", "i'm so tired of school",
+           "tell me about your family", "what music do you listen to?"]
+
+
+def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
+    """Best-of copy bandwidth (bytes read + written per second), GB/s."""
+    src = np.ones(size_mb * 2**20 // 8)
+    dst = np.empty_like(src)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = max(best, 2 * src.nbytes / (time.perf_counter() - t))
+    return best / 1e9
+
+
+def per_token_latency_ms(replier: Replier, tokens: int = 48, repeats: int = 5) -> float:
+    """Median time of one cached decoder step at batch 1 (greedy, forced to run ``tokens`` steps)."""
+    model = replier.model
+    src = replier.codec.encode("hi, how are you today? i just got back from a long hike.")
+    ids = np.asarray([[replier.codec.special_ids["[CLS]"], *src, replier.codec.special_ids["[SEP]"]]])
+    mask = np.ones_like(ids)
+    hidden = model.encode(ids, mask)
+    times = []
+    for _ in range(repeats):
+        logits, past = model.first_step(np.asarray([[model.decoder_start_id]]), hidden, mask)
+        for _ in range(tokens):
+            tok = np.asarray([[int(logits.argmax())]])
+            t = time.perf_counter()
+            logits, past = model.next_step(tok, hidden, mask, past)
+            times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+async def reply_latencies(replier: Replier, users: int, messages: int) -> list[float]:
+    """Seconds from send to reply for ``users`` concurrent users sending ``messages`` each."""
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), persist=False) as server:
+        settings = Settings(redis_url=server.url, rate_limit_per_minute=10_000, data_dir=Path(tmp))
+        async with Engine.from_settings(settings, replier=replier) as engine:
+            bot = FakeAdapter(engine)
+            out: list[float] = []
+
+            async def user(k: int) -> None:
+                for i in range(messages):
+                    t = time.perf_counter()
+                    await bot.send(f"bench{k}", PROMPTS[(k + i) % len(PROMPTS)])
+                    out.append(time.perf_counter() - t)
+
+            await asyncio.gather(*(user(k) for k in range(users)))
+            return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--encoder", type=Path, default=DEFAULT_ENCODER)
+    p.add_argument("--users", type=int, default=50)
+    p.add_argument("--messages", type=int, default=10, help="messages of the single user")
+    p.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
+    args = p.parse_args(argv)
+    replier = Replier.from_dirs(args.model, args.encoder)
+    bandwidth = memory_bandwidth_gbs()
+    decoder_bytes = replier.model.decoder_bytes()
+    limit_ms = decoder_bytes / (bandwidth * 1e9) * 1000
+    token_ms = per_token_latency_ms(replier)
+    single = asyncio.run(reply_latencies(replier, 1, args.messages))
+    many = asyncio.run(reply_latencies(replier, args.users, 1))
+    greedy_src = replier.source_ids([], [], [])
+    t = time.perf_counter()
+    greedy = replier.model.generate(greedy_src, GenerationConfig(max_new_tokens=20, min_new_tokens=20))
+    greedy_20_ms = 1000 * (time.perf_counter() - t)
+    result = {
+        "memory_bandwidth_gb_s": bandwidth, "decoder_bytes": decoder_bytes, "per_token_limit_ms": limit_ms,
+        "per_token_ms": token_ms, "per_token_ratio_to_limit": token_ms / limit_ms,
+        "greedy_20_token_reply_ms": greedy_20_ms, "greedy_tokens": len(greedy[0].ids),
+        "reply_1_user_p50_ms": 1000 * float(np.percentile(single, 50)),
+        "reply_1_user_p95_ms": 1000 * float(np.percentile(single, 95)),
+        f"reply_{args.users}_users_p50_ms": 1000 * float(np.percentile(many, 50)),
+        f"reply_{args.users}_users_p95_ms": 1000 * float(np.percentile(many, 95)),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "model": str(args.model),
+    }
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`rapport chat` as a newcomer uses it, the README's promises, and configuration."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bots.cli import build_parser
+from engine.config import ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ["hi there!", "my name is Ana", "I like jazz and I work as a nurse", "how was your day?",
+          "what music do you like?", "do you have any pets?", "what's my name?", "/profile",
+          "what do you know about me?", "ok, bye!"]
+
+
+def chat(lines, data_dir, user="ana"):
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(RAPPORT_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "bots.cli", "chat", "--user", user],
+                          input="\n".join(lines).encode() + b"\n", capture_output=True, env=env, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode().splitlines()
+
+
+def test_scripted_chat_remembers_after_restart(tmp_path):
+    out = chat(SCRIPT, tmp_path)
+    assert len(out) == len(SCRIPT) and all(line.strip() for line in out)
+    assert out[6] == "Your name is Ana."
+    assert "i like jazz" in out[7] and "i work as a nurse" in out[7]
+    out = chat(["what is my name?", "what do i like?"], tmp_path)
+    assert out[0] == "Your name is Ana."
+    assert "you like jazz" in out[1]
+    assert chat(["what's my name?"], tmp_path, user="someone-else")[0].startswith("You haven't told me")
+
+
+def test_help_on_every_command():
+    parser = build_parser()
+    assert "chat" in parser.format_help()
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            assert sub.format_help().strip(), name
+
+
+def test_settings_from_env_and_dotenv(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("# comment\nRAPPORT_BOT_NAME='Robin'\nRAPPORT_HISTORY_TURNS=7\nexport REDIS_URL=redis://x:1/0\n")
+    s = Settings.from_env({"RAPPORT_HISTORY_TURNS": "9", "RAPPORT_PERSONA": "i like tea | i live in a box"}, dotenv)
+    assert (s.bot_name, s.history_turns, s.redis_url) == ("Robin", 9, "redis://x:1/0")
+    assert s.persona == ("i like tea", "i live in a box")
+    with pytest.raises(ConfigError, match="RAPPORT_HISTORY_TURNS"):
+        Settings.from_env({"RAPPORT_HISTORY_TURNS": "many"}, None)
+
+
+def test_readme_commands_and_ci_agree():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    assert blocks[0].endswith("rapport chat") and "pip install -e ." in blocks[0]
+    assert blocks[1] in (ROOT / ".ci" / "run").read_text()
+    for var in re.findall(r'"(RAPPORT_[A-Z_]+|REDIS_URL|TELEGRAM_BOT_TOKEN|DISCORD_BOT_TOKEN)"',
+                          (ROOT / "engine" / "config.py").read_text()):
+        assert f"`{var}`" in readme, f"{var} is not documented in the README"

@@ -1,0 +1,96 @@
+"""The exporter: fp32 ONNX equals PyTorch; int8 keeps greedy replies; the shipped export is complete."""
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.config import DEFAULT_MODEL
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("chitchat_dataset")
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    from training.data import prepare
+    from training.export import heldout_sources
+    data = tmp_path_factory.mktemp("data")
+    prepare(data)
+    return heldout_sources(data, 200, seed=1)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, heldout):
+    """The warm-started architecture, exported exactly as training/export.py does."""
+    from training.export import export_model
+    from training.modeling import build_model
+    torch.manual_seed(0)
+    model = build_model(warm_start=True).eval()
+    # move the random cross-attention away from its init so the check is not trivial
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("export") / "model"
+    report = export_model(model, out, heldout, parity_sources=10)
+    return model, out, report
+
+
+def test_fp32_onnx_matches_pytorch_logits(exported):
+    _, _, report = exported
+    assert report["fp32_vs_pytorch_max_abs_logit_diff"] < 1e-3
+
+
+def test_int8_greedy_agrees_with_fp32(exported):
+    _, out, report = exported
+    assert report["agreement_contexts"] == 200
+    assert report["int8_vs_fp32_greedy_agreement"] >= 0.9
+    assert (out / "decoder_model_merged.onnx").exists() and not (out / "decoder_model.onnx").exists()
+
+
+def test_shipped_model_is_complete_and_small():
+    files = {p.name for p in DEFAULT_MODEL.iterdir()}
+    assert {"encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json", "config.json",
+            "rapport_config.json", "LICENSES.txt", "MODEL_CARD.md", "export_report.json"} <= files
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir()) < 80e6
+    report = json.loads((DEFAULT_MODEL / "export_report.json").read_text())
+    assert report["fp32_vs_pytorch_max_abs_logit_diff"] < 1e-3
+    assert report["int8_vs_fp32_greedy_agreement"] >= 0.9 and report["agreement_contexts"] >= 200
+
+
+def test_sentence_encoder_matches_pytorch():
+    from transformers import AutoModel, AutoTokenizer
+    from engine.config import DEFAULT_ENCODER
+    from engine.encoder import SentenceEncoder
+    from training.modeling import minilm_dir
+    texts = ["hi, how are you?", "I like playing the guitar on weekends", "what's your favourite movie"]
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    bert = AutoModel.from_pretrained(str(minilm_dir())).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = bert(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    ref = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    got = SentenceEncoder.from_dir(DEFAULT_ENCODER).embed(texts)
+    cos = (ref * got).sum(1)
+    assert cos.min() > 0.99  # the shipped encoder is int8; fp32 export parity is >= 0.999 (see test below)
+
+
+def test_fp32_encoder_export_parity(tmp_path):
+    from training.export_encoder import export_encoder
+    from engine.encoder import SentenceEncoder
+    from transformers import AutoModel, AutoTokenizer
+    from training.modeling import minilm_dir
+    export_encoder(tmp_path / "enc", quantize=False)
+    texts = ["hello there", "a much longer sentence about hiking in the mountains of utah"]
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    bert = AutoModel.from_pretrained(str(minilm_dir())).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = bert(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    ref = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    got = SentenceEncoder.from_dir(tmp_path / "enc").embed(texts)
+    assert (ref * got).sum(1).min() >= 0.999
