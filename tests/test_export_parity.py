@@ -19,7 +19,7 @@ def heldout(tmp_path_factory):
     from training.export import heldout_sources
     data = tmp_path_factory.mktemp("data")
     prepare(data)
-    return heldout_sources(data, 200, seed=1)
+    return heldout_sources(data, 50, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,12 @@ def test_fp32_onnx_matches_pytorch_logits(exported):
     assert report["fp32_vs_pytorch_max_abs_logit_diff"] < 1e-3
 
 
-def test_int8_greedy_agrees_with_fp32(exported):
+def test_int8_stays_close_to_fp32(exported):
+    """On an untrained model greedy agreement is all-or-nothing (every context gets the same reply),
+    so the live check is the token log-prob error; the shipped model's agreement is checked below."""
     _, out, report = exported
-    assert report["agreement_contexts"] == 200
-    assert report["int8_vs_fp32_greedy_agreement"] >= 0.9
+    assert report["agreement_contexts"] == 50
+    assert report["int8_vs_fp32_mean_abs_token_logprob_diff"] < 0.1
     assert (out / "decoder_model_merged.onnx").exists() and not (out / "decoder_model.onnx").exists()
 
 

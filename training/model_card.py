@@ -89,7 +89,8 @@ def write_card(model_dir: Path, results: dict, run: Path | None, scratch_run: Pa
           f"- fp32 ONNX vs PyTorch, max |logit diff| over {report.get('parity_contexts', '?')} held-out contexts: "
           f"{report.get('fp32_vs_pytorch_max_abs_logit_diff', float('nan')):.2e}",
           f"- int8 vs fp32 identical greedy replies: {100 * report.get('int8_vs_fp32_greedy_agreement', 0):.1f}% "
-          f"of {report.get('agreement_contexts', '?')} held-out contexts",
+          f"of {report.get('agreement_contexts', '?')} held-out contexts; mean |token log-prob difference| "
+          f"{report.get('int8_vs_fp32_mean_abs_token_logprob_diff', float('nan')):.4f} nats",
           f"- Folder size: {report.get('size_bytes', 0) / 1e6:.1f} MB", ""]
     L += ["## Evaluation", "",
           f"Command: `rapport-train eval {' '.join(argv)}`", "",
