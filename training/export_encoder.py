@@ -48,7 +48,7 @@ def export_encoder(out_dir: Path, source: Path | None = None, quantize: bool = T
         if quantize:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(fp32, out_dir / "model.onnx", weight_type=QuantType.QInt8)
+            quantize_dynamic(fp32, out_dir / "model.onnx", weight_type=QuantType.QInt8, per_channel=True)
         else:
             shutil.copy(fp32, out_dir / "model.onnx")
     tok = Tokenizer.from_file(str(source / "tokenizer.json"))
