@@ -97,8 +97,9 @@ class Replier:
         return list(seen.items())
 
     def rank(self, context: str, cands: list[tuple[str, float]], profile: np.ndarray | None,
-             user_text: str) -> list[ScoredReply]:
-        """Score candidates; best first. Without an encoder only the generator score counts."""
+             recent: list[str]) -> list[ScoredReply]:
+        """Score candidates, best first; a candidate repeating one of the ``recent`` turns loses 1.
+        Without an encoder only the generator score counts."""
         texts = [t for t, _ in cands]
         gen = np.array([s for _, s in cands], dtype=np.float32)
         if self.encoder is None:
@@ -109,7 +110,8 @@ class Replier:
             ranker = vecs[1:] @ vecs[0]
             prof = recommender_score(profile, vecs[1:])
         w = self.weights
-        echo = np.array([t.lower() == user_text.lower() for t in texts], dtype=np.float32)
+        seen = {t.lower() for t in recent}
+        echo = np.array([t.lower() in seen for t in texts], dtype=np.float32)
         scores = w.ranker * ranker + w.generator * gen + w.profile * prof - echo
         order = np.argsort(-scores)
         return [ScoredReply(texts[i], float(scores[i]), float(ranker[i]), float(gen[i]), float(prof[i]))
@@ -123,4 +125,4 @@ class Replier:
         if not cands:
             return ScoredReply("Sorry, I'm lost for words. Could you say that another way?", 0.0, 0.0, 0.0, 0.0)
         context = " ".join(t.text for t in turns[-2:])
-        return self.rank(context, cands, profile, turns[-1].text if turns else "")[0]
+        return self.rank(context, cands, profile, [t.text for t in turns[-4:]])[0]

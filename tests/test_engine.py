@@ -128,3 +128,20 @@ async def test_unreachable_redis_is_a_clear_error(settings, replier):
     with pytest.raises(ConnectionError, match="cannot reach Redis"):
         await eng.start()
     await eng.stop()
+
+
+def test_ranking_uses_the_profile_and_avoids_repeats(replier):
+    cands = [("i love playing football", -1.0), ("i enjoy baking cakes", -1.0)]
+    context = "what do you like to do on weekends?"
+    baker = replier.encoder.embed(["i bake bread and cakes every weekend, baking is my passion"])[0]
+
+    def gap(ranked):
+        by = {r.text: r for r in ranked}
+        return by["i enjoy baking cakes"].score - by["i love playing football"].score
+
+    with_profile = replier.rank(context, cands, baker, [])
+    without = replier.rank(context, cands, None, [])
+    assert all(r.profile == 0 for r in without)
+    assert gap(with_profile) > gap(without)
+    repeated = replier.rank(context, cands, None, ["I enjoy baking cakes"])
+    assert gap(repeated) == pytest.approx(gap(without) - 1.0, abs=1e-5)
