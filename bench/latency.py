@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bots.fake import FakeAdapter
-from engine.config import DEFAULT_ENCODER, DEFAULT_MODEL, Settings
+from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.engine import Engine
 from engine.generation import GenerationConfig
 from engine.redis_server import EmbeddedRedis
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--messages", type=int, default=10, help="messages of the single user")
     p.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     args = p.parse_args(argv)
-    replier = Replier.from_dirs(args.model, args.encoder)
+    replier = Replier.from_dirs(args.model, args.encoder, index_dir=DEFAULT_INDEX)
     bandwidth = memory_bandwidth_gbs()
     decoder_bytes = replier.model.decoder_bytes()
     limit_ms = decoder_bytes / (bandwidth * 1e9) * 1000

@@ -12,6 +12,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "exported_models" / "rapport-chat-small"
 DEFAULT_ENCODER = REPO_ROOT / "exported_models" / "minilm-l6-v2-encoder"
+DEFAULT_INDEX = REPO_ROOT / "exported_models" / "ccc-reply-index"
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,7 @@ class Settings:
     data_dir: Path = Path.home() / ".local/share/rapport"
     model_dir: Path = DEFAULT_MODEL
     encoder_dir: Path = DEFAULT_ENCODER
+    index_dir: Path = DEFAULT_INDEX
     key_prefix: str = "rapport"
     bot_name: str = "Rapport"
     persona: tuple[str, ...] = ("i am a chatbot who likes to talk about anything",
@@ -64,7 +66,8 @@ class Settings:
         merged.update(os.environ if env is None else env)
         names = {
             "redis_url": "REDIS_URL", "data_dir": "RAPPORT_DATA_DIR", "model_dir": "RAPPORT_MODEL_DIR",
-            "encoder_dir": "RAPPORT_ENCODER_DIR", "key_prefix": "RAPPORT_KEY_PREFIX",
+            "encoder_dir": "RAPPORT_ENCODER_DIR", "index_dir": "RAPPORT_INDEX_DIR",
+            "key_prefix": "RAPPORT_KEY_PREFIX",
             "bot_name": "RAPPORT_BOT_NAME", "persona": "RAPPORT_PERSONA",
             "history_turns": "RAPPORT_HISTORY_TURNS", "history_tokens": "RAPPORT_HISTORY_TOKENS",
             "history_ttl_s": "RAPPORT_HISTORY_TTL_S", "profile_ttl_s": "RAPPORT_PROFILE_TTL_S",

@@ -18,7 +18,7 @@ from .messages import IncomingMessage, OutgoingMessage
 from .profile import update_profile
 from .prompt import Turn
 from .redis_server import EmbeddedRedis
-from .replier import Replier
+from .replier import RankWeights, Replier
 from .sanitize import clean_text
 from .store import LockTimeout, RedisStore, StoredTurn, UserRef
 
@@ -57,7 +57,8 @@ class Engine:
                                     profile_ttl_s=settings.profile_ttl_s)
         if replier is None:
             replier = Replier.from_dirs(settings.model_dir, settings.encoder_dir, settings.inference_threads,
-                                        time_budget_s=settings.reply_time_budget_s)
+                                        index_dir=settings.index_dir, time_budget_s=settings.reply_time_budget_s,
+                                        weights=RankWeights(profile=settings.profile_weight))
         return cls(settings, store, replier, embedded)
 
     async def start(self) -> None:

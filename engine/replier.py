@@ -14,6 +14,7 @@ import numpy as np
 from .encoder import SentenceEncoder
 from .generation import GenerationConfig
 from .profile import recommender_score
+from .retrieval import ReplyIndex
 from .prompt import PromptBudget, Turn, build_source_ids
 from .seq2seq import Seq2SeqModel
 from .text import TextCodec
@@ -33,6 +34,7 @@ STYLES: dict[str, list[GenerationConfig]] = {
                               no_repeat_ngram_size=3, repetition_penalty=1.2)],
 }
 _WORD = re.compile(r"\w+")
+NEAR_COPY = 0.9  # cosine above which a candidate repeats a recent turn
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,22 @@ class Replier:
 
     def __init__(self, model: Seq2SeqModel, codec: TextCodec, encoder: SentenceEncoder | None,
                  budget: PromptBudget = PromptBudget(), weights: RankWeights = RankWeights(),
-                 time_budget_s: float = 5.0) -> None:
+                 time_budget_s: float = 5.0, index: ReplyIndex | None = None, retrieve_k: int = 8) -> None:
+        if index is not None and encoder is None:
+            raise ValueError("a reply index needs the sentence encoder that built it")
         self.model = model
         self.codec = codec
         self.encoder = encoder
         self.budget = budget
         self.weights = weights
         self.time_budget_s = time_budget_s
+        self.index = index
+        self.retrieve_k = retrieve_k
 
     @classmethod
-    def from_dirs(cls, model_dir: Path, encoder_dir: Path | None, threads: int = 2, **kwargs) -> "Replier":
-        """Load the seq2seq export (and its prompt budget) and the sentence encoder."""
+    def from_dirs(cls, model_dir: Path, encoder_dir: Path | None, threads: int = 2,
+                  index_dir: Path | None = None, **kwargs) -> "Replier":
+        """Load the seq2seq export (and its prompt budget), the sentence encoder and the reply index."""
         model = Seq2SeqModel.from_dir(model_dir, threads)
         codec = TextCodec.from_file(model_dir / "tokenizer.json")
         budget = PromptBudget()
@@ -79,7 +86,10 @@ class Replier:
             data = json.loads(runtime.read_text())
             budget = PromptBudget(**data.get("prompt_budget", {}))
         encoder = SentenceEncoder.from_dir(encoder_dir, threads) if encoder_dir and encoder_dir.exists() else None
-        return cls(model, codec, encoder, budget, **kwargs)
+        index = None
+        if encoder is not None and index_dir is not None and index_dir.exists():
+            index = ReplyIndex.load(index_dir, encoder.folder / "model.onnx")
+        return cls(model, codec, encoder, budget, index=index, **kwargs)
 
     def source_ids(self, turns: list[Turn], persona: list[str], user_facts: list[str]) -> list[int]:
         """Model input for this conversation."""
@@ -96,33 +106,54 @@ class Replier:
                     seen[text] = cand.mean_logprob
         return list(seen.items())
 
-    def rank(self, context: str, cands: list[tuple[str, float]], profile: np.ndarray | None,
+    def retrieved(self, source: list[int], context_vec: np.ndarray) -> list[tuple[str, float]]:
+        """Top real replies from the index, scored by the generator (mean token log-prob)."""
+        if self.index is None:
+            return []
+        texts = [t for t, _ in self.index.search(context_vec, self.retrieve_k)]
+        targets = [self.codec.encode(t)[:40] + [self.model.eos_id] for t in texts]
+        logp = self.model.score([source] * len(targets), targets)
+        return [(t, float(lp.sum() / len(tg))) for t, lp, tg in zip(texts, logp, targets)]
+
+    def rank(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]], profile: np.ndarray | None,
              recent: list[str]) -> list[ScoredReply]:
-        """Score candidates, best first; a candidate repeating one of the ``recent`` turns loses 1.
-        Without an encoder only the generator score counts."""
+        """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn loses 1.
+        Without an encoder (``context_vec`` None) only the generator score counts."""
         texts = [t for t, _ in cands]
         gen = np.array([s for _, s in cands], dtype=np.float32)
-        if self.encoder is None:
+        seen = {t.lower() for t in recent}
+        echo = np.array([t.lower() in seen for t in texts], dtype=np.float32)
+        if context_vec is None:
             ranker = np.zeros(len(texts), dtype=np.float32)
             prof = np.zeros(len(texts), dtype=np.float32)
         else:
-            vecs = self.encoder.embed([context] + texts)
-            ranker = vecs[1:] @ vecs[0]
-            prof = recommender_score(profile, vecs[1:])
+            vecs = self.encoder.embed(texts + recent)
+            vecs, recent_vecs = vecs[: len(texts)], vecs[len(texts):]
+            ranker = vecs @ context_vec
+            prof = recommender_score(profile, vecs)
+            if recent:  # near-copies of a recent turn ("what do you like to do for fun??") count as repeats
+                echo = np.maximum(echo, ((vecs @ recent_vecs.T).max(1) > NEAR_COPY).astype(np.float32))
         w = self.weights
-        seen = {t.lower() for t in recent}
-        echo = np.array([t.lower() in seen for t in texts], dtype=np.float32)
         scores = w.ranker * ranker + w.generator * gen + w.profile * prof - echo
         order = np.argsort(-scores)
         return [ScoredReply(texts[i], float(scores[i]), float(ranker[i]), float(gen[i]), float(prof[i]))
                 for i in order]
 
+    def context_vector(self, turns: list[Turn]) -> np.ndarray | None:
+        """Sentence vector of the last two turns (None without an encoder)."""
+        if self.encoder is None or not turns:
+            return None
+        return self.encoder.embed([" ".join(t.text for t in turns[-2:])])[0]
+
     def reply(self, turns: list[Turn], persona: list[str], user_facts: list[str],
               profile: np.ndarray | None, style: str = "balanced") -> ScoredReply:
-        """The best reply to the last turn."""
+        """The best reply to the last turn, among generated and retrieved candidates."""
         source = self.source_ids(turns, persona, user_facts)
-        cands = self.candidates(source, style)
+        context_vec = self.context_vector(turns)
+        cands = dict(self.candidates(source, style))
+        if context_vec is not None:
+            for text, score in self.retrieved(source, context_vec):
+                cands.setdefault(text, score)
         if not cands:
             return ScoredReply("Sorry, I'm lost for words. Could you say that another way?", 0.0, 0.0, 0.0, 0.0)
-        context = " ".join(t.text for t in turns[-2:])
-        return self.rank(context, cands, profile, [t.text for t in turns[-4:]])[0]
+        return self.rank(context_vec, list(cands.items()), profile, [t.text for t in turns[-4:]])[0]

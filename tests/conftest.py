@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from engine.config import DEFAULT_ENCODER, DEFAULT_MODEL, Settings
+from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.redis_server import EmbeddedRedis
 from engine.replier import Replier
 from engine.store import RedisStore
@@ -39,7 +39,7 @@ async def store(redis_server, prefix):
 @pytest.fixture(scope="session")
 def replier() -> Replier:
     """The shipped model and encoder, loaded once."""
-    return Replier.from_dirs(DEFAULT_MODEL, DEFAULT_ENCODER, threads=2, time_budget_s=5.0)
+    return Replier.from_dirs(DEFAULT_MODEL, DEFAULT_ENCODER, threads=2, index_dir=DEFAULT_INDEX, time_budget_s=5.0)
 
 
 @pytest.fixture

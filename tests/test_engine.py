@@ -139,9 +139,10 @@ def test_ranking_uses_the_profile_and_avoids_repeats(replier):
         by = {r.text: r for r in ranked}
         return by["i enjoy baking cakes"].score - by["i love playing football"].score
 
-    with_profile = replier.rank(context, cands, baker, [])
-    without = replier.rank(context, cands, None, [])
+    context_vec = replier.encoder.embed([context])[0]
+    with_profile = replier.rank(context_vec, cands, baker, [])
+    without = replier.rank(context_vec, cands, None, [])
     assert all(r.profile == 0 for r in without)
     assert gap(with_profile) > gap(without)
-    repeated = replier.rank(context, cands, None, ["I enjoy baking cakes"])
+    repeated = replier.rank(context_vec, cands, None, ["I enjoy baking cakes"])
     assert gap(repeated) == pytest.approx(gap(without) - 1.0, abs=1e-5)

@@ -11,6 +11,7 @@ JOBS = {
     "export-encoder": ("training.export_encoder", "export the MiniLM sentence encoder to ONNX"),
     "eval": ("training.evaluate", "evaluate an export on the held-out splits, write the model card"),
     "fixtures": ("training.fixtures", "write the tiny BART and T5 test fixtures"),
+    "build-index": ("training.build_index", "build the retrieval index of real replies"),
 }
 
 
