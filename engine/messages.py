@@ -21,8 +21,10 @@ class IncomingMessage:
     def __post_init__(self) -> None:
         for name in ("platform", "chat_id", "user_id"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value or ":" in value and name == "platform":
+            if not isinstance(value, str) or not value:
                 raise ValueError(f"IncomingMessage.{name} must be a non-empty string, got {value!r}")
+        if ":" in self.platform:
+            raise ValueError(f"IncomingMessage.platform must not contain ':', got {self.platform!r}")
 
 
 @dataclass(frozen=True)

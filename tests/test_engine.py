@@ -146,3 +146,10 @@ def test_ranking_uses_the_profile_and_avoids_repeats(replier):
     assert gap(with_profile) > gap(without)
     repeated = replier.rank(context_vec, cands, None, ["I enjoy baking cakes"])
     assert gap(repeated) == pytest.approx(gap(without) - 1.0, abs=1e-5)
+
+
+def test_message_requires_ids():
+    for bad in ({"user_id": ""}, {"chat_id": ""}, {"platform": "a:b"}):
+        kwargs = {"platform": "fake", "chat_id": "c", "user_id": "u", "text": "hi", **bad}
+        with pytest.raises(ValueError):
+            IncomingMessage(**kwargs)
