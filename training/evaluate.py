@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     ev = Evaluator(args.model, args.encoder, args.data, sizes, args.seed)
     results = run(ev)
     (args.model / "eval.json").write_text(json.dumps(results, indent=1))
-    write_card(args.model, results, args.run, args.scratch_run, argv if argv is not None else [])
+    write_card(args.model, results, args.run, args.scratch_run, sys.argv[1:] if argv is None else argv)
     print(f"wrote {args.model / 'eval.json'} and {args.model / 'MODEL_CARD.md'}")
 
 
