@@ -10,6 +10,7 @@ _NAME_Q = re.compile(r"\b(what'?s|what is|whats|do you (?:know|remember)|tell me
 _ABOUT_Q = re.compile(r"\bwhat do you (?:know|remember) about me\b|\bwhat (?:do|did) i (?:like|love|enjoy|tell you)\b|"
                       r"\bwhat are my (?:hobbies|interests)\b|\bdo you remember me\b", re.IGNORECASE)
 _FAVOURITE_Q = re.compile(r"\bwhat'?s? (?:is )?my fav(?:ou?rite)? (\w+)", re.IGNORECASE)
+_NAMED = re.compile(r"(your name is |call you )(\w+)")
 _SWAPS = {"i": "you", "i'm": "you're", "im": "you're", "my": "your", "me": "you", "am": "are",
           "myself": "yourself", "mine": "yours", "i've": "you've", "i'll": "you'll", "i'd": "you'd", "was": "were"}
 
@@ -45,6 +46,7 @@ def answer_from_memory(text: str, facts: list[str]) -> str | None:
     if _ABOUT_Q.search(text):
         if not facts:
             return "I don't know much about you yet. Tell me about yourself!"
-        listed = "; ".join(second_person(f) for f in facts[-5:])
+        listed = "; ".join(_NAMED.sub(lambda m: m.group(1) + m.group(2).capitalize(), second_person(f))
+                           for f in facts[-5:])
         return f"Here is what I remember: {listed}."
     return None

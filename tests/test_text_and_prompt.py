@@ -44,7 +44,8 @@ def test_memory_answers():
     facts = ["my name is ana", "i like jazz", "my favorite food is pizza"]
     assert answer_from_memory("what's my name?", facts) == "Your name is Ana."
     assert answer_from_memory("Whats my favorite food", facts) == "Your favorite food is pizza."
-    assert "you like jazz" in answer_from_memory("what do you know about me?", facts)
+    assert answer_from_memory("what do you know about me?", facts).startswith(
+        "Here is what I remember: your name is Ana; you like jazz")
     assert answer_from_memory("what's your name?", facts) is None
     assert "haven't told me your name" in answer_from_memory("what is my name", [])
     assert second_person("i am a nurse and my dog is old") == "you are a nurse and your dog is old"
