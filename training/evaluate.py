@@ -91,6 +91,12 @@ class Evaluator:
     def target(self, text: str) -> list[int]:
         return self.encoder_io.encode(Example("", 0, "", "", ("",), text), [], []).target
 
+    def scored_words(self, reply: str, target: list[int]) -> int:
+        """Words of the part of ``reply`` that was scored (targets are cut at 40 tokens)."""
+        if target and target[-1] == self.codec.special_ids["[SEP]"]:
+            return word_count(reply)
+        return word_count(self.codec.decode(target))
+
     def distractors(self, split: str, exs: list[Example]) -> list[list[str]]:
         pool = [e.reply for e in all_examples(self.splits[split])]
         out = []
@@ -116,7 +122,7 @@ class Evaluator:
             sums = logp.sum(1)
             means = sums / np.array([len(t) for t in targets])
             nll.append(-sums[0])
-            words.append(word_count(ex.reply))
+            words.append(self.scored_words(ex.reply, targets[0]))
             hits.append(hits_at_1(means[None, :])[0])
         return {"nll": np.array(nll), "words": np.array(words), "hits": np.array(hits),
                 "groups": [e.conv_id for e in exs]}
