@@ -71,8 +71,3 @@ def bootstrap_ci(values: list[float] | np.ndarray, groups: list[str], statistic=
     low, high = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(statistic(values)), float(low), float(high)
 
-
-def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, groups: list[str], n_boot: int = 1000,
-                          seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a - b with a by-conversation bootstrap interval (for profile gains)."""
-    return bootstrap_ci(np.asarray(a) - np.asarray(b), groups, n_boot=n_boot, seed=seed)
