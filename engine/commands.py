@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from .store import RedisStore, UserRef
+from .store import Store, UserRef
 
 STYLE_CHOICES = ("short", "long", "creative", "precise", "balanced")
 MAX_FACTS = 50
@@ -28,7 +28,7 @@ class CommandCall:
 class CommandContext:
     """What a command handler may use."""
 
-    store: RedisStore
+    store: Store
     ref: UserRef
     bot_name: str
     user_name: str

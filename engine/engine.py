@@ -20,7 +20,7 @@ from .prompt import Turn
 from .redis_server import EmbeddedRedis
 from .replier import RankWeights, Replier
 from .sanitize import clean_text
-from .store import LockTimeout, RedisStore, StoredTurn, UserRef
+from .store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
 
 log = logging.getLogger("rapport.engine")
 
@@ -34,7 +34,7 @@ TOO_LONG = " (Your message was long, so I read only the first {n} characters.)"
 class Engine:
     """Loads state, handles commands, generates replies, updates history and profile."""
 
-    def __init__(self, settings: Settings, store: RedisStore, replier: Replier,
+    def __init__(self, settings: Settings, store: Store, replier: Replier,
                  embedded: EmbeddedRedis | None = None) -> None:
         self.settings = settings
         self.store = store
