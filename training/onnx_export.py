@@ -43,20 +43,27 @@ class _Encoder(torch.nn.Module):
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-class _Decoder(torch.nn.Module):
-    """Step 0: no past; returns self- and cross-attention caches."""
+class _DecoderStep(torch.nn.Module):
+    """One decoder call on a given cache; subclasses choose the cache and the outputs."""
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         self.model = model
         self.n_layers = _num_layers(model)
 
-    def forward(self, input_ids, encoder_attention_mask, encoder_hidden_states):
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    def _logits(self, input_ids, encoder_attention_mask, encoder_hidden_states, cache) -> torch.Tensor:
         out = self.model.get_decoder()(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
                                        encoder_attention_mask=encoder_attention_mask, cache=cache,
                                        use_cache=True)
-        result = [_lm_logits(self.model, out.last_hidden_state)]
+        return _lm_logits(self.model, out.last_hidden_state)
+
+
+class _Decoder(_DecoderStep):
+    """Step 0: no past; returns self- and cross-attention caches."""
+
+    def forward(self, input_ids, encoder_attention_mask, encoder_hidden_states):
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        result = [self._logits(input_ids, encoder_attention_mask, encoder_hidden_states, cache)]
         for i in range(self.n_layers):
             self_layer = cache.self_attention_cache.layers[i]
             cross_layer = cache.cross_attention_cache.layers[i]
@@ -64,22 +71,14 @@ class _Decoder(torch.nn.Module):
         return tuple(result)
 
 
-class _DecoderWithPast(torch.nn.Module):
+class _DecoderWithPast(_DecoderStep):
     """Later steps: takes the caches, returns the grown self-attention cache."""
-
-    def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__()
-        self.model = model
-        self.n_layers = _num_layers(model)
 
     def forward(self, input_ids, encoder_attention_mask, encoder_hidden_states, *past):
         self_data = [(past[4 * i], past[4 * i + 1]) for i in range(self.n_layers)]
         cross_data = [(past[4 * i + 2], past[4 * i + 3]) for i in range(self.n_layers)]
         cache = EncoderDecoderCache(DynamicCache(self_data), DynamicCache(cross_data))
-        out = self.model.get_decoder()(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
-                                       encoder_attention_mask=encoder_attention_mask, cache=cache,
-                                       use_cache=True)
-        result = [_lm_logits(self.model, out.last_hidden_state)]
+        result = [self._logits(input_ids, encoder_attention_mask, encoder_hidden_states, cache)]
         for i in range(self.n_layers):
             layer = cache.self_attention_cache.layers[i]
             result += [layer.keys, layer.values]
