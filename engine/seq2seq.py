@@ -72,6 +72,8 @@ class Seq2SeqModel:
             self.decoder = _session(first, threads)
             self.decoder_with_past = _session(past, threads)
         self.merged = merged is not None
+        self._input_names = {id(sess): {i.name for i in sess.get_inputs()}
+                             for sess in (self.decoder, self.decoder_with_past)}
         self._past_inputs = [i for i in self.decoder_with_past.get_inputs() if i.name.startswith("past_key_values")]
         self._present_names = [o.name for o in self.decoder.get_outputs() if o.name.startswith("present")]
         self._with_past_outputs = [o.name for o in self.decoder_with_past.get_outputs()]
@@ -93,9 +95,8 @@ class Seq2SeqModel:
                                        "attention_mask": attention_mask.astype(np.int64)})[0]
 
     def _feed(self, session, tokens, hidden, mask, past, use_cache: bool) -> dict:
-        names = {i.name for i in session.get_inputs()}
         feed = {"input_ids": tokens.astype(np.int64), "encoder_attention_mask": mask.astype(np.int64)}
-        if "encoder_hidden_states" in names:
+        if "encoder_hidden_states" in self._input_names[id(session)]:
             feed["encoder_hidden_states"] = hidden
         if self.merged:
             feed["use_cache_branch"] = np.array([use_cache])
