@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures."""
+"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | train-ranker | shards."""
 from __future__ import annotations
 
 import importlib
@@ -12,6 +12,8 @@ JOBS = {
     "eval": ("training.evaluate", "evaluate an export on the held-out splits, write the model card"),
     "fixtures": ("training.fixtures", "write the tiny BART and T5 test fixtures"),
     "build-index": ("training.build_index", "build the retrieval index of real replies"),
+    "train-ranker": ("training.ranker", "fine-tune MiniLM as the reply ranker (bi-encoder)"),
+    "shards": ("training.shards", "pack/unpack trained weights as small fp16 shards"),
 }
 
 

@@ -27,7 +27,7 @@ from engine.seq2seq import Seq2SeqModel
 from engine.text import TextCodec
 
 from .data import Example, facts_for, load_facts, load_splits
-from .examples import FACTS_PER_SIDE, ExampleEncoder, all_examples
+from .examples import FACTS_PER_SIDE, ExampleEncoder, all_examples, context_text
 from .metrics import bootstrap_ci, distinct_n, hits_at_1, unigram_f1, word_count, word_perplexity
 from .train import DEFAULT_DATA
 
@@ -56,11 +56,6 @@ def user_facts(ex: Example, facts, condition: str, speakers_with_facts: list[str
         others = [s for s in speakers_with_facts if s != ex.addressee]
         who = rng.choice(others)
     return facts_for(facts, who, ex.conv_id, FACTS_PER_SIDE, rng)
-
-
-def context_text(ex: Example) -> str:
-    """The last two turns: what the sentence encoder sees as the context."""
-    return " ".join(ex.context[-2:])
 
 
 class Evaluator:

@@ -59,3 +59,8 @@ class ExampleEncoder:
 def all_examples(convs: list[Conversation]) -> list[Example]:
     """Examples of every conversation, in order."""
     return [ex for c in convs for ex in make_examples(c)]
+
+
+def context_text(ex: Example) -> str:
+    """The last two turns: what the engine's sentence encoder sees as the context."""
+    return " ".join(ex.context[-2:])

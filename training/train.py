@@ -1,8 +1,14 @@
-"""Train the seq2seq chat model on CPU with checkpoints, --resume and a wall-clock budget.
+"""Train the seq2seq chat model (CPU or one GPU) with checkpoints, --resume and a wall-clock budget.
 
     rapport-train train --run ~/.cache/rapport/runs/warm --max-minutes 110
     rapport-train train --run ~/.cache/rapport/runs/warm --max-minutes 30 --resume
     rapport-train train --run ~/.cache/rapport/runs/scratch --scratch --max-examples 12000
+    rapport-train train --run /tmp/runs/gpu --device cuda --bf16 --freeze-embeddings \
+        --batch-size 128 --lr 2e-4 --max-minutes 6.5 --time-schedule --max-examples 100000000
+
+With ``--time-schedule`` the learning rate decays with the wall-clock budget instead of the
+planned example count (for a machine whose speed is not known in advance). The next epoch's
+examples are encoded in a helper process while the current epoch trains.
 
 Logs one JSON line per evaluation to <run>/log.jsonl: held-out token NLL with the true context,
 NLL with a shuffled context (their difference shows whether the decoder uses the encoder) and
@@ -13,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import random
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -24,7 +32,7 @@ from engine.text import TextCodec
 
 from .data import load_facts, load_splits
 from .examples import Encoded, ExampleEncoder, all_examples
-from .modeling import PAD_ID, CLS_ID, build_model, cross_attention_parameters, minilm_dir
+from .modeling import PAD_ID, CLS_ID, build_model, cross_attention_parameters, freeze_embeddings, minilm_dir
 
 DEFAULT_DATA = Path.home() / ".cache/rapport/data"
 
@@ -59,13 +67,19 @@ def bucketed_batches(items: list[Encoded], batch_size: int, rng: random.Random) 
     return batches
 
 
+def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    """Move a collated batch to ``device``."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def token_nll(model, items: list[Encoded], batch_size: int = 64) -> float:
     """Mean NLL per target token (nats) over ``items``."""
     model.eval()
+    device = next(model.parameters()).device.type
     total, count = 0.0, 0
     for i in range(0, len(items), batch_size):
-        batch = collate(items[i: i + batch_size])
+        batch = to_device(collate(items[i: i + batch_size]), device)
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         loss = torch.nn.functional.cross_entropy(
             logits.float().transpose(1, 2), batch["labels"], ignore_index=-100, reduction="sum")
@@ -79,9 +93,11 @@ def token_nll(model, items: list[Encoded], batch_size: int = 64) -> float:
 def greedy_samples(model, codec: TextCodec, items: list[Encoded]) -> list[dict[str, str]]:
     """Greedy replies to a few held-out sources, for the log."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for e in items:
-        gen = model.generate(torch.tensor([e.source]), max_new_tokens=30, num_beams=1, do_sample=False)
+        gen = model.generate(torch.tensor([e.source], device=device), max_new_tokens=30, num_beams=1,
+                             do_sample=False)
         out.append({"context": codec.decode(e.source)[-120:], "reply": codec.decode(gen[0].tolist())})
     model.train()
     return out
@@ -95,6 +111,41 @@ def encode_split(encoder: ExampleEncoder, convs, rng: random.Random, drop: float
         persona = encoder.profile(ex, ex.speaker, rng, drop)
         out.append(encoder.encode(ex, user, persona))
     return out
+
+
+_worker_encoder: ExampleEncoder | None = None
+_worker_splits: dict | None = None
+
+
+def _init_epoch_worker(data_dir: Path) -> None:
+    global _worker_encoder, _worker_splits
+    codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
+    _worker_splits = load_splits(data_dir)
+    _worker_encoder = ExampleEncoder(codec, load_facts(data_dir))
+
+
+def _encode_epoch(seed: int, epoch: int, drop: float) -> list[Encoded]:
+    return encode_split(_worker_encoder, _worker_splits["train"], random.Random(seed * 1000 + epoch), drop)
+
+
+class EpochPrefetcher:
+    """Encodes training epochs (fresh profile sampling each) one ahead, in a helper process."""
+
+    def __init__(self, data_dir: Path, seed: int, drop: float) -> None:
+        self.seed, self.drop = seed, drop
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_epoch_worker, initargs=(data_dir,))
+        self.pending: dict[int, Future] = {}
+
+    def get(self, epoch: int) -> list[Encoded]:
+        """Examples of ``epoch``; starts encoding ``epoch + 1``."""
+        future = self.pending.pop(epoch, None) or self.pool.submit(_encode_epoch, self.seed, epoch, self.drop)
+        self.pending[epoch + 1] = self.pool.submit(_encode_epoch, self.seed, epoch + 1, self.drop)
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the helper process."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,6 +166,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-only", action="store_true", help="evaluate <run>/last.pt once (adds a log line)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (3x slower on CPUs without bf16 units)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--freeze-embeddings", action="store_true",
+                   help="keep MiniLM's (tied) token embeddings fixed; `shards` then moves only the rest")
+    p.add_argument("--time-schedule", action="store_true",
+                   help="decay the learning rate over --max-minutes instead of --max-examples")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -131,16 +187,21 @@ def main(argv: list[str] | None = None) -> None:
     shuffled = [Encoded(valid[(i + 97) % len(valid)].source, e.target) for i, e in enumerate(valid)]
 
     model = build_model(warm_start=not args.scratch, seed=args.seed)
+    if args.freeze_embeddings:
+        freeze_embeddings(model)
+    model.to(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
     cross = {id(p) for p in cross_attention_parameters(model)}
+    trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in model.parameters() if id(p) not in cross], "lr": args.lr},
-        {"params": [p for p in model.parameters() if id(p) in cross], "lr": args.lr * args.cross_attn_lr_mult},
+        {"params": [p for p in trainable if id(p) not in cross], "lr": args.lr},
+        {"params": [p for p in trainable if id(p) in cross], "lr": args.lr * args.cross_attn_lr_mult},
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     base_lrs = [g["lr"] for g in groups]
     state = {"step": 0, "examples": 0, "epoch": 0, "seconds": 0.0, "best_nll": math.inf}
     if args.resume and (args.run / "last.pt").exists():
-        ckpt = torch.load(args.run / "last.pt", weights_only=False)
+        ckpt = torch.load(args.run / "last.pt", map_location=args.device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
@@ -149,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def save(name: str) -> None:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                    "config": model.config.to_dict(), "warm_start": not args.scratch}, args.run / f"{name}.tmp")
+                    "config": model.config.to_dict(), "warm_start": not args.scratch,
+                    "frozen_embeddings": args.freeze_embeddings}, args.run / f"{name}.tmp")
         (args.run / f"{name}.tmp").replace(args.run / name)
 
     def evaluate() -> None:
@@ -176,29 +238,34 @@ def main(argv: list[str] | None = None) -> None:
     last_ckpt = time.time()
     next_eval = (state["examples"] // args.eval_every + 1) * args.eval_every
     bar = tqdm(total=args.max_examples, initial=state["examples"], unit="ex", mininterval=10)
+    prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop)
+    device_type = torch.device(args.device).type
     done = False
     while not done:
-        rng = random.Random(args.seed * 1000 + state["epoch"])
-        train = encode_split(encoder, splits["train"], rng, drop=args.profile_drop)
-        batches = bucketed_batches(train, args.batch_size, rng)
+        train = prefetch.get(state["epoch"])
+        batches = bucketed_batches(train, args.batch_size, random.Random(args.seed * 1000 + state["epoch"]))
         skip = state["step"] - state.get("epoch_start_step", 0)
         for batch in batches[skip:]:
-            frac = state["examples"] / args.max_examples
+            if args.time_schedule:
+                frac = (time.time() - started) / (args.max_minutes * 60)
+            else:
+                frac = state["examples"] / args.max_examples
             warm = min(1.0, (state["step"] + 1) / 300)
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * warm * max(0.1, 1.0 - 0.9 * frac)
-            t = collate(batch)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            t = to_device(collate(batch), args.device)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=args.bf16):
                 loss = model(**t).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             state["examples"] += len(batch)
             state["seconds"] = seconds_at_start + time.time() - started
             bar.update(len(batch))
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if state["step"] % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if state["examples"] >= next_eval:
                 evaluate()
                 next_eval += args.eval_every
@@ -212,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             state["epoch"] += 1
             state["epoch_start_step"] = state["step"]
+    prefetch.close()
     evaluate()
     save("last.pt")
     bar.close()
