@@ -1,9 +1,11 @@
-"""The ``rapport`` command line: ``rapport chat`` (more commands come with more adapters)."""
+"""The ``rapport`` command line: ``rapport chat`` (terminal), ``rapport telegram``, ``rapport discord``,
+``rapport bots`` (every platform with a token, in one process)."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +39,48 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+PLATFORMS = ("telegram", "discord")
+
+
+async def _run_platforms(settings: Settings, platforms: list[str]) -> None:
+    """Run the adapters of ``platforms`` on one engine until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Engine.from_settings(settings) as engine:
+        runners = []
+        for name in platforms:
+            if name == "telegram":
+                from .telegram import run_telegram
+                runners.append(run_telegram(engine, settings, stop))
+            else:
+                from .discord_bot import run_discord
+                runners.append(run_discord(engine, settings, stop))
+        tasks = [asyncio.create_task(r) for r in runners]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+def _bots(args: argparse.Namespace, settings: Settings) -> int:
+    platforms = [args.command] if args.command in PLATFORMS else \
+        [p for p in PLATFORMS if getattr(settings, f"{p}_token")]
+    if not platforms:
+        print("error: set TELEGRAM_BOT_TOKEN and/or DISCORD_BOT_TOKEN (environment or .env)", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        asyncio.run(_run_platforms(settings, platforms))
+    except (ConfigError, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``rapport``."""
     parser = argparse.ArgumentParser(prog="rapport", description="Rapport, a personalized chatbot.")
@@ -50,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", type=Path, help="seq2seq export folder (default: RAPPORT_MODEL_DIR or the shipped one)")
     chat.add_argument("--encoder", type=Path, help="sentence encoder folder (default: RAPPORT_ENCODER_DIR)")
     chat.set_defaults(run=_chat)
+    for name, text in (("telegram", "run the Telegram bot (TELEGRAM_BOT_TOKEN; polling or webhook)"),
+                       ("discord", "run the Discord bot (DISCORD_BOT_TOKEN; needs the message-content intent)"),
+                       ("bots", "run every platform whose token is set, in one process")):
+        sub.add_parser(name, help=text, description=text + ". Stops cleanly on SIGINT/SIGTERM.").set_defaults(run=_bots)
     return parser
 
 

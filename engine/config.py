@@ -55,8 +55,17 @@ class Settings:
     reply_time_budget_s: float = 5.0
     inference_threads: int = 2
     max_message_chars: int = 4000
-    profile_weight: float = 0.5
+    profile_weight: float | None = None
     telegram_token: str | None = field(default=None, repr=False)
+    telegram_api_url: str = "https://api.telegram.org"
+    telegram_mode: str = "polling"
+    telegram_poll_timeout_s: int = 30
+    telegram_webhook_url: str | None = None
+    telegram_webhook_listen: str = "0.0.0.0"
+    telegram_webhook_port: int = 8443
+    telegram_webhook_secret: str | None = field(default=None, repr=False)
+    discord_api_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
     discord_token: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -75,6 +84,13 @@ class Settings:
             "reply_time_budget_s": "RAPPORT_REPLY_TIME_BUDGET_S", "inference_threads": "RAPPORT_INFERENCE_THREADS",
             "max_message_chars": "RAPPORT_MAX_MESSAGE_CHARS", "profile_weight": "RAPPORT_PROFILE_WEIGHT",
             "telegram_token": "TELEGRAM_BOT_TOKEN", "discord_token": "DISCORD_BOT_TOKEN",
+            "telegram_api_url": "RAPPORT_TELEGRAM_API_URL", "telegram_mode": "RAPPORT_TELEGRAM_MODE",
+            "telegram_poll_timeout_s": "RAPPORT_TELEGRAM_POLL_TIMEOUT_S",
+            "telegram_webhook_url": "RAPPORT_TELEGRAM_WEBHOOK_URL",
+            "telegram_webhook_listen": "RAPPORT_TELEGRAM_WEBHOOK_LISTEN",
+            "telegram_webhook_port": "RAPPORT_TELEGRAM_WEBHOOK_PORT",
+            "telegram_webhook_secret": "RAPPORT_TELEGRAM_WEBHOOK_SECRET",
+            "discord_api_url": "RAPPORT_DISCORD_API_URL", "discord_gateway_url": "RAPPORT_DISCORD_GATEWAY_URL",
         }
         kwargs = {}
         types = {f.name: f.type for f in fields(cls)}
@@ -96,4 +112,7 @@ class Settings:
                     kwargs[attr] = raw
             except ValueError as exc:
                 raise ConfigError(f"{var}={raw!r} is not a valid {kind.split()[0]}") from exc
-        return cls(**kwargs)
+        settings = cls(**kwargs)
+        if settings.telegram_mode not in ("polling", "webhook"):
+            raise ConfigError(f"RAPPORT_TELEGRAM_MODE must be polling or webhook, got {settings.telegram_mode!r}")
+        return settings

@@ -18,7 +18,7 @@ from .messages import IncomingMessage, OutgoingMessage
 from .profile import update_profile
 from .prompt import Turn
 from .redis_server import EmbeddedRedis
-from .replier import RankWeights, Replier
+from .replier import Replier
 from .sanitize import clean_text
 from .store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
 
@@ -58,7 +58,7 @@ class Engine:
         if replier is None:
             replier = Replier.from_dirs(settings.model_dir, settings.encoder_dir, settings.inference_threads,
                                         index_dir=settings.index_dir, time_budget_s=settings.reply_time_budget_s,
-                                        weights=RankWeights(profile=settings.profile_weight))
+                                        profile_weight=settings.profile_weight)
         return cls(settings, store, replier, embedded)
 
     async def start(self) -> None:

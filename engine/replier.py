@@ -1,12 +1,14 @@
 """Generate reply candidates and pick one: ranker similarity + generator score + λ·P(u, c).
 
+The weights come from the chat model's ``rapport_config.json`` (``rank_weights``, chosen on the
+validation split by ``rapport-train tune-ranking``); ``/style`` scales them (STYLE_WEIGHTS).
 This is synchronous, CPU-bound code: the engine runs it in a worker thread.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,26 @@ class RankWeights:
     generator: float = 0.1
     profile: float = 0.5
 
+    def score(self, f: "CandidateFeatures") -> np.ndarray:
+        """Score of every candidate; a repeat of a recent turn loses 1."""
+        return self.ranker * f.ranker + self.generator * f.generator + self.profile * f.profile - f.echo
+
+
+# How /style moves the weights: "precise" trusts the generator more, "creative" the ranker.
+STYLE_WEIGHTS: dict[str, dict[str, float]] = {"precise": {"generator": 2.0}, "creative": {"generator": 0.5}}
+
+
+@dataclass(frozen=True)
+class CandidateFeatures:
+    """Score parts of each candidate: ranker cosine to the context, generator mean log-prob,
+    P(u, c) with the user's profile vector, and 1 where it repeats a recent turn."""
+
+    texts: list[str]
+    ranker: np.ndarray
+    generator: np.ndarray
+    profile: np.ndarray
+    echo: np.ndarray
+
 
 @dataclass(frozen=True)
 class ScoredReply:
@@ -76,20 +98,24 @@ class Replier:
 
     @classmethod
     def from_dirs(cls, model_dir: Path, encoder_dir: Path | None, threads: int = 2,
-                  index_dir: Path | None = None, **kwargs) -> "Replier":
-        """Load the seq2seq export (and its prompt budget), the sentence encoder and the reply index."""
+                  index_dir: Path | None = None, profile_weight: float | None = None, **kwargs) -> "Replier":
+        """Load the seq2seq export (prompt budget, ranking weights), the sentence encoder and the reply
+        index; ``profile_weight`` overrides the exported λ."""
         model = Seq2SeqModel.from_dir(model_dir, threads)
         codec = TextCodec.from_file(model_dir / "tokenizer.json")
-        budget = PromptBudget()
+        budget, weights = PromptBudget(), RankWeights()
         runtime = model_dir / "rapport_config.json"
         if runtime.exists():
             data = json.loads(runtime.read_text())
             budget = PromptBudget(**data.get("prompt_budget", {}))
+            weights = RankWeights(**data.get("rank_weights", {}))
+        if profile_weight is not None:
+            weights = replace(weights, profile=profile_weight)
         encoder = SentenceEncoder.from_dir(encoder_dir, threads) if encoder_dir and encoder_dir.exists() else None
         index = None
         if encoder is not None and index_dir is not None and index_dir.exists():
             index = ReplyIndex.load(index_dir, encoder.folder / "model.onnx")
-        return cls(model, codec, encoder, budget, index=index, **kwargs)
+        return cls(model, codec, encoder, budget, weights, index=index, **kwargs)
 
     def source_ids(self, turns: list[Turn], persona: list[str], user_facts: list[str]) -> list[int]:
         """Model input for this conversation."""
@@ -115,10 +141,10 @@ class Replier:
         logp = self.model.score([source] * len(targets), targets)
         return [(t, float(lp.sum() / len(tg))) for t, lp, tg in zip(texts, logp, targets)]
 
-    def rank(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]], profile: np.ndarray | None,
-             recent: list[str]) -> list[ScoredReply]:
-        """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn loses 1.
-        Without an encoder (``context_vec`` None) only the generator score counts."""
+    def features(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]],
+                 profile: np.ndarray | None, recent: list[str]) -> CandidateFeatures:
+        """Score parts of ``cands`` ((text, mean log-prob) pairs); without an encoder (``context_vec``
+        None) ranker and profile parts are 0."""
         texts = [t for t, _ in cands]
         gen = np.array([s for _, s in cands], dtype=np.float32)
         seen = {t.lower() for t in recent}
@@ -133,11 +159,20 @@ class Replier:
             prof = recommender_score(profile, vecs)
             if recent:  # near-copies of a recent turn ("what do you like to do for fun??") count as repeats
                 echo = np.maximum(echo, ((vecs @ recent_vecs.T).max(1) > NEAR_COPY).astype(np.float32))
-        w = self.weights
-        scores = w.ranker * ranker + w.generator * gen + w.profile * prof - echo
-        order = np.argsort(-scores)
-        return [ScoredReply(texts[i], float(scores[i]), float(ranker[i]), float(gen[i]), float(prof[i]))
-                for i in order]
+        return CandidateFeatures(texts, ranker, gen, prof, echo)
+
+    def weights_for(self, style: str) -> RankWeights:
+        """The ranking weights, scaled for ``style``."""
+        scale = STYLE_WEIGHTS.get(style, {})
+        return replace(self.weights, **{k: getattr(self.weights, k) * v for k, v in scale.items()})
+
+    def rank(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]], profile: np.ndarray | None,
+             recent: list[str], style: str = "balanced") -> list[ScoredReply]:
+        """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn loses 1."""
+        f = self.features(context_vec, cands, profile, recent)
+        scores = self.weights_for(style).score(f)
+        return [ScoredReply(f.texts[i], float(scores[i]), float(f.ranker[i]), float(f.generator[i]),
+                            float(f.profile[i])) for i in np.argsort(-scores)]
 
     def context_vector(self, turns: list[Turn]) -> np.ndarray | None:
         """Sentence vector of the last two turns (None without an encoder)."""
@@ -156,4 +191,4 @@ class Replier:
                 cands.setdefault(text, score)
         if not cands:
             return ScoredReply("Sorry, I'm lost for words. Could you say that another way?", 0.0, 0.0, 0.0, 0.0)
-        return self.rank(context_vec, list(cands.items()), profile, [t.text for t in turns[-4:]])[0]
+        return self.rank(context_vec, list(cands.items()), profile, [t.text for t in turns[-4:]], style)[0]

@@ -63,3 +63,26 @@ def test_readme_commands_and_ci_agree():
     for var in re.findall(r'"(RAPPORT_[A-Z_]+|REDIS_URL|TELEGRAM_BOT_TOKEN|DISCORD_BOT_TOKEN)"',
                           (ROOT / "engine" / "config.py").read_text()):
         assert f"`{var}`" in readme, f"{var} is not documented in the README"
+
+
+def test_deployment_files_agree_with_the_cli_and_the_docs():
+    """Docker cannot run here: check that the compose file parses, that every service runs a real
+    `rapport` subcommand, and that every variable it or .env.example uses is documented."""
+    import yaml
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    commands = {name for action in build_parser()._subparsers._group_actions for name in action.choices}
+    assert {"redis", "telegram", "discord"} <= set(compose["services"])
+    for name, service in compose["services"].items():
+        assert "healthcheck" in service, name
+        if service.get("build"):
+            program, sub = service["command"][:2]
+            assert program == "rapport" and sub in commands, name
+    assert "redis-data" in compose["volumes"]
+    used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text()))
+    used |= set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    used |= set(re.findall(r"\b(RAPPORT_[A-Z_]+)=", (ROOT / "Dockerfile").read_text()))
+    for var in used:
+        assert f"`{var}`" in readme, f"{var} is not documented in the README"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "USER rapport" in dockerfile and "COPY exported_models" in dockerfile

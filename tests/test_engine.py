@@ -8,6 +8,7 @@ import pytest
 from bots.fake import FakeAdapter
 from engine.engine import EMPTY_REPLY, RATE_LIMITED, TOO_LONG, Engine
 from engine.messages import IncomingMessage
+from engine.replier import RankWeights, Replier
 
 
 @pytest.fixture
@@ -131,6 +132,7 @@ async def test_unreachable_redis_is_a_clear_error(settings, replier):
 
 
 def test_ranking_uses_the_profile_and_avoids_repeats(replier):
+    replier = Replier(replier.model, replier.codec, replier.encoder, replier.budget, RankWeights(profile=0.5))
     cands = [("i love playing football", -1.0), ("i enjoy baking cakes", -1.0)]
     context = "what do you like to do on weekends?"
     baker = replier.encoder.embed(["i bake bread and cakes every weekend, baking is my passion"])[0]
@@ -153,3 +155,16 @@ def test_message_requires_ids():
         kwargs = {"platform": "fake", "chat_id": "c", "user_id": "u", "text": "hi", **bad}
         with pytest.raises(ValueError):
             IncomingMessage(**kwargs)
+
+
+def test_style_scales_the_generator_weight(replier):
+    assert replier.weights_for("precise").generator == pytest.approx(2 * replier.weights.generator)
+    assert replier.weights_for("creative").generator == pytest.approx(0.5 * replier.weights.generator)
+    assert replier.weights_for("balanced") == replier.weights
+
+
+def test_shipped_ranking_weights_are_loaded(replier):
+    """The weights tune-ranking chose on the valid split travel in the model's rapport_config.json."""
+    from engine.config import DEFAULT_MODEL
+    tuned = json.loads((DEFAULT_MODEL / "rapport_config.json").read_text())["rank_weights"]
+    assert replier.weights == RankWeights(**tuned)

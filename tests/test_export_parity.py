@@ -1,6 +1,5 @@
 """The exporter: fp32 ONNX equals PyTorch; int8 keeps greedy replies; the shipped export is complete."""
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +59,11 @@ def test_shipped_model_is_complete_and_small():
     report = json.loads((DEFAULT_MODEL / "export_report.json").read_text())
     assert report["fp32_vs_pytorch_max_abs_logit_diff"] < 1e-3
     assert report["agreement_contexts"] >= 200
-    # Issue 2 asks for >= 90% identical greedy replies; the shipped int8 model reaches 56.5% (see the
-    # model card). This floor only guards against a regression below what ships, it is not the goal.
-    assert report["int8_vs_fp32_greedy_agreement"] >= 0.5
-    assert report["int8_vs_fp32_mean_abs_token_logprob_diff"] < 0.05
+    # Issue 2 asks for >= 90% identical greedy replies; the shipped int8 model reaches 78.5% (model card:
+    # int8 compute flips near-tied greedy tokens). This floor guards against a regression below what
+    # ships; it is not the goal.
+    assert report["int8_vs_fp32_greedy_agreement"] >= 0.75
+    assert report["int8_vs_fp32_mean_abs_token_logprob_diff"] < 0.02
 
 
 def _torch_embed(texts):
@@ -78,25 +78,22 @@ def _torch_embed(texts):
     return torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1).numpy()
 
 
-def test_shipped_int8_encoder_keeps_the_ranking(tmp_path):
-    """The shipped encoder is int8: it must pick the same reply as fp32 PyTorch on held-out candidate sets."""
+def test_int8_encoder_export_keeps_the_ranking(tmp_path):
+    """The exporter's int8 encoder must pick the same reply as fp32 on held-out candidate sets (checked
+    live on the pretrained MiniLM), and the shipped (fine-tuned) encoder's export report must show the
+    same for its own fp32 weights, which live outside the repository."""
     from engine.config import DEFAULT_ENCODER
-    from engine.encoder import SentenceEncoder
-    from training.data import load_splits, make_examples, prepare
-    prepare(tmp_path)
-    exs = [e for c in load_splits(tmp_path)["valid"] for e in make_examples(c)]
-    rng = random.Random(3)
-    sets = []
-    for ex in rng.sample(exs, 40):
-        sets.append([" ".join(ex.context[-2:]), ex.reply] + [rng.choice(exs).reply for _ in range(19)])
-    flat = [t for group in sets for t in group]
-    ref, got = _torch_embed(flat), SentenceEncoder.from_dir(DEFAULT_ENCODER).embed(flat)
-    assert (ref * got).sum(1).mean() > 0.98
-    agree = 0
-    for k in range(len(sets)):
-        r, g = ref[21 * k: 21 * k + 21], got[21 * k: 21 * k + 21]
-        agree += int(np.argmax(r[1:] @ r[0]) == np.argmax(g[1:] @ g[0]))
-    assert agree / len(sets) >= 0.9
+    from training.data import prepare
+    from training.export_encoder import export_encoder
+    prepare(tmp_path / "data")
+    export_encoder(tmp_path / "enc", quantize=True, data_dir=tmp_path / "data")
+    live = json.loads((tmp_path / "enc" / "export_report.json").read_text())
+    assert live["candidate_sets"] == 200 and live["int8_vs_fp32_top1_agreement"] >= 0.9
+    shipped = json.loads((DEFAULT_ENCODER / "export_report.json").read_text())
+    assert shipped["candidate_sets"] >= 200 and shipped["int8_vs_fp32_top1_agreement"] >= 0.9
+    assert shipped["int8_vs_fp32_mean_cosine"] > 0.98
+    config = json.loads((DEFAULT_ENCODER / "encoder_config.json").read_text())
+    assert config["fine_tuned"]["valid_hits_at_1"] > 0.6
 
 
 def test_fp32_encoder_export_parity(tmp_path):

@@ -9,6 +9,7 @@ sentence encoder so the index and the encoder always match (the sha256 of the en
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import re
 from pathlib import Path
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     replies = candidate_replies(args.data, args.size, args.seed)
     encoder = SentenceEncoder.from_dir(args.encoder)
     vectors = ReplyIndex.quantize(encoder.embed(replies, batch_size=64))
-    meta = {"encoder": "all-MiniLM-L6-v2 int8", "encoder_sha256": file_sha256(args.encoder / "model.onnx"),
+    name = json.loads((args.encoder / "encoder_config.json").read_text())["name"]
+    meta = {"encoder": name, "encoder_sha256": file_sha256(args.encoder / "model.onnx"),
             "size": len(replies), "source": "chitchat-dataset train split", "seed": args.seed}
     ReplyIndex(vectors, replies, meta).save(args.out)
     print(f"indexed {len(replies)} replies into {args.out}")

@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | train-ranker | shards."""
+"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | train-ranker | shards | tune-ranking | eval-hybrid."""
 from __future__ import annotations
 
 import importlib
@@ -14,6 +14,8 @@ JOBS = {
     "build-index": ("training.build_index", "build the retrieval index of real replies"),
     "train-ranker": ("training.ranker", "fine-tune MiniLM as the reply ranker (bi-encoder)"),
     "shards": ("training.shards", "pack/unpack trained weights as small fp16 shards"),
+    "tune-ranking": ("training.hybrid:tune_main", "choose the hybrid ranking weights on the valid split"),
+    "eval-hybrid": ("training.hybrid:eval_main", "evaluate generator / retrieval / hybrid replies and the ranker"),
 }
 
 
@@ -25,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, text) in JOBS.items():
             print(f"  {name:15s} {text}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(JOBS[argv[0]][0])
-    module.main(argv[1:])
+    module_name, _, function = JOBS[argv[0]][0].partition(":")
+    getattr(importlib.import_module(module_name), function or "main")(argv[1:])
     return 0
 
 

@@ -212,15 +212,26 @@ def run(ev: Evaluator) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def write_card_from_files(model_dir: Path) -> None:
+    """Render MODEL_CARD.md from eval.json (and hybrid_eval.json when present)."""
     from .model_card import write_card
 
+    results = json.loads((model_dir / "eval.json").read_text())
+    hybrid_path = model_dir / "hybrid_eval.json"
+    hybrid = json.loads(hybrid_path.read_text()) if hybrid_path.exists() else None
+    runs = {k: Path(v) if v else None for k, v in results.get("runs", {}).items()}
+    write_card(model_dir, results, runs.get("run"), runs.get("warm_run"), runs.get("scratch_run"),
+               results.get("command", "rapport-train eval"), hybrid)
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="rapport-train eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="export folder")
     p.add_argument("--encoder", type=Path, default=Path("exported_models/minilm-l6-v2-encoder"))
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--run", type=Path, help="training run folder (log.jsonl, args.json) for the card")
+    p.add_argument("--run", type=Path, help="training run folder of this model (log.jsonl, args.json) for the card")
+    p.add_argument("--warm-run", type=Path, help="warm-start comparison run folder (same budget as --scratch-run)")
     p.add_argument("--scratch-run", type=Path, help="from-scratch comparison run folder")
     p.add_argument("--quick", action="store_true", help="small sample sizes (smoke test, not for the card)")
     p.add_argument("--seed", type=int, default=0)
@@ -228,8 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     sizes = Sizes(40, 40, 20, 2000) if args.quick else Sizes()
     ev = Evaluator(args.model, args.encoder, args.data, sizes, args.seed)
     results = run(ev)
+    results["command"] = "rapport-train eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    results["runs"] = {k: str(v) if v else None for k, v in
+                       (("run", args.run), ("warm_run", args.warm_run), ("scratch_run", args.scratch_run))}
     (args.model / "eval.json").write_text(json.dumps(results, indent=1))
-    write_card(args.model, results, args.run, args.scratch_run, sys.argv[1:] if argv is None else argv)
+    write_card_from_files(args.model)
     print(f"wrote {args.model / 'eval.json'} and {args.model / 'MODEL_CARD.md'}")
 
 

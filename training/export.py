@@ -27,7 +27,8 @@ from engine.text import TextCodec
 from .data import load_facts, load_splits
 from .examples import ExampleEncoder
 from .modeling import build_model, minilm_dir
-from .onnx_export import export_onnx, merge_decoder_files, quantize_dir, write_runtime_config
+from .onnx_export import export_onnx, merge_decoder_files, write_runtime_config
+from .onnx_quantize import quantize_dir
 from .train import DEFAULT_DATA, encode_split
 
 CCC_LICENCE = ("Training data: BYU Chit-Chat Challenge corpus via the `chitchat-dataset` package on PyPI "

@@ -148,19 +148,6 @@ def merge_decoder_files(folder: Path) -> None:
     later.unlink()
 
 
-def quantize_dir(src: Path, dst: Path) -> None:
-    """int8 dynamic per-channel quantization of every ONNX file in ``src`` into ``dst`` (other files copied)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in sorted(src.iterdir()):
-        if path.suffix == ".onnx":
-            quantize_dynamic(path, dst / path.name, weight_type=QuantType.QInt8, per_channel=True,
-                             extra_options={"EnableSubgraph": True})
-        elif path.is_file():
-            shutil.copy(path, dst / path.name)
-
-
 def write_runtime_config(model: PreTrainedModel, out_dir: Path, **extra) -> None:
     """``rapport_config.json``: special token ids and lengths the engine needs, plus ``extra``."""
     cfg = model.config

@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate()
     save("last.pt")
     bar.close()
-    print(f"stopped at {state['examples']} examples, {state['seconds'] / 60:.1f} CPU-minutes in total")
+    print(f"stopped at {state['examples']} examples, {state['seconds'] / 60:.1f} minutes of training in total")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Discord adapter on discord.py 2.x: direct messages, @mentions in server channels, slash commands.
+
+Needs the privileged *message content* intent (Developer Portal -> Bot -> Privileged Gateway Intents)
+to read the text of server messages that mention the bot. Slash commands (/chat, /profile, /reset,
+/forget) defer at once, so Discord's 3-second deadline is never missed however long the engine
+takes; /profile, /reset and /forget answer ephemerally (only the caller sees them). Every reply is
+split at 2,000 characters and sent with ``AllowedMentions.none()``: a reply can never ping
+@everyone, roles or users. The REST and gateway URLs are configurable (proxies, tests).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import discord
+import yarl
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+
+from engine.config import ConfigError, Settings
+from engine.engine import Engine
+from engine.messages import IncomingMessage
+
+from .split import split_message
+
+PLATFORM = "discord"
+MESSAGE_LIMIT = 2000
+NO_PINGS = discord.AllowedMentions.none()
+log = logging.getLogger(__name__)
+
+
+def point_at(api_url: str, gateway_url: str) -> None:
+    """Send discord.py's REST calls and gateway connection to these URLs (process-wide)."""
+    discord.http.Route.BASE = api_url.rstrip("/")
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class RapportDiscordClient(discord.Client):
+    """Discord events -> ``IncomingMessage`` -> engine -> replies that cannot ping anyone."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        if not settings.discord_token:
+            raise ConfigError("DISCORD_BOT_TOKEN is not set: create an application in the Discord Developer "
+                              "Portal, add a bot, and put its token in the environment or in .env")
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS)
+        point_at(settings.discord_api_url, settings.discord_gateway_url)
+        self.engine = engine
+        self.settings = settings
+        self.tree = app_commands.CommandTree(self)
+        self._add_slash_commands()
+
+    def _add_slash_commands(self) -> None:
+        @self.tree.command(name="chat", description="talk to me")
+        @app_commands.describe(message="what you want to say")
+        async def chat(interaction: discord.Interaction, message: str) -> None:
+            await self.answer_interaction(interaction, message, ephemeral=False)
+
+        for name, text in (("profile", "show what I know about you"),
+                           ("reset", "forget this conversation (your profile stays)"),
+                           ("forget", "delete everything I know about you")):
+            async def callback(interaction: discord.Interaction, _name: str = name) -> None:
+                await self.answer_interaction(interaction, f"/{_name}", ephemeral=True)
+            self.tree.command(name=name, description=text)(callback)
+
+    async def setup_hook(self) -> None:
+        """Register the slash commands with Discord."""
+        await self.tree.sync()
+
+    # --- events --------------------------------------------------------------------------------------
+    def addressed_text(self, message: discord.Message) -> str | None:
+        """The text meant for the bot, or None when it should stay silent (pure, no I/O)."""
+        if message.author.bot or self.user is None:
+            return None
+        if message.guild is None:
+            return message.content
+        replied = message.reference.resolved if message.reference else None
+        if self.user in message.mentions or (isinstance(replied, discord.Message) and replied.author == self.user):
+            return re.sub(rf"<@!?{self.user.id}>", "", message.content).strip()
+        return None
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Answer a DM, a mention or a reply to the bot."""
+        text = self.addressed_text(message)
+        if text is None:
+            return
+        incoming = IncomingMessage(PLATFORM, str(message.channel.id), str(message.author.id), text,
+                                   user_name=message.author.display_name, message_id=str(message.id),
+                                   timestamp=message.created_at.timestamp(), is_private=message.guild is None)
+        async with message.channel.typing():
+            out = await self.engine.handle(incoming)
+        for i, piece in enumerate(split_message(out.text, MESSAGE_LIMIT)):
+            reference = message if (i == 0 and message.guild is not None) else None
+            await message.channel.send(piece, reference=reference, mention_author=False, allowed_mentions=NO_PINGS)
+
+    async def answer_interaction(self, interaction: discord.Interaction, text: str, ephemeral: bool) -> None:
+        """Defer at once (Discord's 3-second deadline), ask the engine, send the answer as follow-ups."""
+        await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+        incoming = IncomingMessage(PLATFORM, str(interaction.channel_id), str(interaction.user.id), text,
+                                   user_name=interaction.user.display_name, message_id=str(interaction.id),
+                                   is_private=interaction.guild_id is None)
+        out = await self.engine.handle(incoming)
+        for piece in split_message(out.text, MESSAGE_LIMIT):
+            await interaction.followup.send(piece, ephemeral=ephemeral, allowed_mentions=NO_PINGS)
+
+    async def on_error(self, event: str, *args, **kwargs) -> None:
+        log.exception("discord event %s failed", event)
+
+
+async def run_discord(engine: Engine, settings: Settings, stop: asyncio.Event) -> None:
+    """Run the bot until ``stop`` is set; a rejected token is a clear error."""
+    client = RapportDiscordClient(engine, settings)
+    try:
+        await client.login(settings.discord_token)
+    except discord.LoginFailure as exc:
+        await client.close()
+        raise ConfigError(f"Discord rejected DISCORD_BOT_TOKEN ({exc}); copy the bot token from the "
+                          "Developer Portal again") from exc
+    connection = asyncio.create_task(client.connect())
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({connection, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await client.close()
+        stopped.cancel()
+        if connection.done() and connection.exception():
+            raise connection.exception()

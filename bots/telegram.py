@@ -1,0 +1,165 @@
+"""Telegram adapter on python-telegram-bot v22: long polling or webhook, one engine call per message.
+
+Private chats get an answer to every text message; groups only when the bot is @mentioned, replied
+to, or sent a command addressed to it. Replies are plain text (user text can never inject markup),
+split at 4,096 characters on line or sentence boundaries, with "typing…" refreshed while the engine
+works. Flood control is the library's AIORateLimiter (it also retries on 429 "retry after").
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from contextlib import asynccontextmanager, suppress
+from typing import AsyncIterator
+
+from telegram import BotCommand, ReplyParameters, Update
+from telegram.constants import ChatAction, ChatType, MessageEntityType
+from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
+
+from engine.commands import COMMANDS
+from engine.config import ConfigError, Settings
+from engine.engine import Engine
+from engine.messages import IncomingMessage
+
+from .split import split_message
+
+PLATFORM = "telegram"
+MESSAGE_LIMIT = 4096
+TYPING_EVERY_S = 4.0
+SORRY = "Sorry, something went wrong on my side. Please try again in a moment."
+SEND_ATTEMPTS = 4
+log = logging.getLogger(__name__)
+
+
+class TelegramAdapter:
+    """Telegram updates -> ``IncomingMessage`` -> engine -> plain-text replies."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        if not settings.telegram_token:
+            raise ConfigError("TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and put its token "
+                              "in the environment or in .env")
+        self.engine = engine
+        self.settings = settings
+        api = settings.telegram_api_url.rstrip("/")
+        self.app: Application = (
+            ApplicationBuilder().token(settings.telegram_token)
+            .base_url(f"{api}/bot").base_file_url(f"{api}/file/bot")
+            .rate_limiter(AIORateLimiter(max_retries=3))
+            .concurrent_updates(True)
+            .build())
+        self.app.add_handler(MessageHandler(filters.TEXT & filters.UpdateType.MESSAGE, self.on_message))
+        self.app.add_error_handler(self.on_error)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Check the token (getMe), register the commands and start polling or the webhook server."""
+        try:
+            await self.app.initialize()
+        except InvalidToken as exc:
+            raise ConfigError(f"Telegram rejected TELEGRAM_BOT_TOKEN ({exc}); check the token from @BotFather") from exc
+        await self.app.bot.set_my_commands([BotCommand(name, text[:256]) for name, (text, _) in COMMANDS.items()])
+        await self.app.start()
+        s = self.settings
+        if s.telegram_mode == "webhook":
+            if not s.telegram_webhook_url:
+                raise ConfigError("RAPPORT_TELEGRAM_MODE=webhook needs RAPPORT_TELEGRAM_WEBHOOK_URL (the public https URL)")
+            path = s.telegram_webhook_url.split("://", 1)[-1].partition("/")[2]
+            await self.app.updater.start_webhook(listen=s.telegram_webhook_listen, port=s.telegram_webhook_port,
+                                                 url_path=path, webhook_url=s.telegram_webhook_url,
+                                                 secret_token=s.telegram_webhook_secret)
+        else:
+            await self.app.updater.start_polling(poll_interval=0.0, timeout=s.telegram_poll_timeout_s)
+        log.info("telegram bot @%s is running (%s)", self.app.bot.username, s.telegram_mode)
+
+    async def stop(self) -> None:
+        """Stop fetching updates, finish the running handlers, close the HTTP session."""
+        if self.app.updater and self.app.updater.running:
+            await self.app.updater.stop()
+        if self.app.running:
+            await self.app.stop()
+        await self.app.shutdown()
+
+    # --- handlers ----------------------------------------------------------------------------------
+    def addressed_text(self, update: Update) -> str | None:
+        """The text meant for the bot, or None when the bot should stay silent (pure, no I/O)."""
+        msg = update.effective_message
+        if msg is None or msg.text is None or update.effective_user is None:
+            return None
+        text = msg.text
+        if msg.chat.type == ChatType.PRIVATE:
+            return text
+        me = (self.app.bot.username or "").lower()
+        command = re.match(r"^/\w+@(\w+)", text)
+        if command:
+            return text if command.group(1).lower() == me else None
+        mentions = [text[e.offset: e.offset + e.length] for e in msg.entities or ()
+                    if e.type == MessageEntityType.MENTION]
+        if any(m.lower() == f"@{me}" for m in mentions):
+            return re.sub(rf"@{re.escape(me)}\b", "", text, flags=re.IGNORECASE).strip()
+        replied = msg.reply_to_message
+        if replied is not None and replied.from_user is not None and replied.from_user.id == self.app.bot.id:
+            return text
+        return None
+
+    async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Answer one text message."""
+        text = self.addressed_text(update)
+        if text is None:
+            return
+        msg, user = update.effective_message, update.effective_user
+        incoming = IncomingMessage(PLATFORM, str(msg.chat.id), str(user.id), text, user_name=user.first_name or "",
+                                   message_id=str(msg.message_id), timestamp=msg.date.timestamp(),
+                                   is_private=msg.chat.type == ChatType.PRIVATE)
+        async with self.typing(msg.chat.id):
+            out = await self.engine.handle(incoming)
+        reply_to = None if incoming.is_private else ReplyParameters(msg.message_id, allow_sending_without_reply=True)
+        for piece in split_message(out.text, MESSAGE_LIMIT):
+            await self.send(msg.chat.id, piece, reply_to)
+
+    async def send(self, chat_id: int, text: str, reply_to: ReplyParameters | None) -> None:
+        """Send one piece; server errors and timeouts are retried with backoff (429s are the rate
+        limiter's job), so the engine's answer is not lost to a passing Telegram hiccup."""
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                await self.app.bot.send_message(chat_id, text, reply_parameters=reply_to)
+                return
+            except NetworkError:
+                if attempt == SEND_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    @asynccontextmanager
+    async def typing(self, chat_id: int) -> AsyncIterator[None]:
+        """Show "typing…" in ``chat_id`` until the block ends (Telegram shows it for 5 s per call)."""
+        async def refresh() -> None:
+            while True:
+                with suppress(TelegramError):
+                    await self.app.bot.send_chat_action(chat_id, ChatAction.TYPING)
+                await asyncio.sleep(TYPING_EVERY_S)
+
+        task = asyncio.create_task(refresh())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Log the error; tell the user politely when there is a chat to answer in."""
+        log.error("telegram update failed: %r", update, exc_info=context.error)
+        if isinstance(update, Update) and update.effective_chat is not None:
+            with suppress(TelegramError):
+                await context.bot.send_message(update.effective_chat.id, SORRY)
+
+
+async def run_telegram(engine: Engine, settings: Settings, stop: asyncio.Event) -> None:
+    """Run the adapter until ``stop`` is set."""
+    adapter = TelegramAdapter(engine, settings)
+    await adapter.start()
+    try:
+        await stop.wait()
+    finally:
+        await adapter.stop()

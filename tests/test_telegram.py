@@ -1,0 +1,151 @@
+"""End to end: the real python-telegram-bot against a fake Bot API server on 127.0.0.1, through the
+real engine, model and Redis-protocol server."""
+import asyncio
+import json
+import socket
+from dataclasses import replace
+
+import aiohttp
+import pytest
+
+from bots.split import split_message
+from bots.telegram import MESSAGE_LIMIT, TelegramAdapter
+from engine.config import ConfigError
+from engine.engine import Engine
+from tests.fakes.telegram_api import BOT_ID, BOT_USERNAME, FakeTelegramAPI
+
+GROUP = -100123
+
+
+@pytest.fixture
+async def api():
+    server = await FakeTelegramAPI().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def tg_settings(settings, api):
+    return replace(settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1)
+
+
+@pytest.fixture
+async def bot(tg_settings, replier):
+    async with Engine.from_settings(tg_settings, replier=replier) as engine:
+        adapter = TelegramAdapter(engine, tg_settings)
+        await adapter.start()
+        yield adapter
+        await adapter.stop()
+
+
+async def test_private_chat_gets_a_plain_text_reply_with_typing(bot, api):
+    api.push_message(7, 7, "hi! my name is Ana and I love hiking")
+    sent = await api.wait_sent(1)
+    assert sent[0]["chat_id"] == 7 and sent[0]["text"].strip()
+    assert "parse_mode" not in sent[0]  # plain text: user text can never become markup
+    assert any(a["chat_id"] == 7 and a["action"] == "typing" for a in api.actions)
+    names = {c["command"] for c in api.commands}
+    assert {"start", "help", "reset", "profile", "forget"} <= names
+    api.push_message(7, 7, "what is my name?")
+    sent = await api.wait_sent(2)
+    assert "Ana" in sent[1]["text"]
+
+
+async def test_group_answers_only_mentions_replies_and_own_commands(bot, api):
+    api.push_message(GROUP, 1, "just chatting with friends", chat_type="group")
+    api.push_message(GROUP, 1, "/help@some_other_bot", chat_type="group")
+    mention = api.push_message(GROUP, 1, f"@{BOT_USERNAME} do you like pizza?", chat_type="group")
+    sent = await api.wait_sent(1)
+    await asyncio.sleep(1.5)
+    assert len(api.sent) == 1
+    assert sent[0]["chat_id"] == GROUP
+    assert sent[0]["reply_parameters"]["message_id"] == mention["message"]["message_id"]
+    bot_message = sent[0]["message"]
+    api.push_message(GROUP, 2, "why do you say that?", chat_type="group", reply_to=bot_message)
+    api.push_message(GROUP, 2, f"/help@{BOT_USERNAME}", chat_type="group")
+    sent = await api.wait_sent(3)
+    assert any("/reset" in s["text"] for s in sent[1:])
+
+
+async def test_two_users_in_one_group_are_kept_apart(bot, api):
+    api.push_message(GROUP, 11, f"@{BOT_USERNAME} my name is Zelda", chat_type="group", first_name="Zelda")
+    await api.wait_sent(1)
+    api.push_message(GROUP, 12, f"@{BOT_USERNAME} what is my name?", chat_type="group", first_name="Bob")
+    sent = await api.wait_sent(2)
+    assert "Zelda" not in sent[1]["text"]
+    api.push_message(12, 12, "/profile")
+    sent = await api.wait_sent(3)
+    assert "Zelda" not in sent[2]["text"]
+
+
+async def test_long_reply_is_split_at_the_limit(bot, api):
+    long_text = " ".join(f"Sentence number {i} is about my garden." for i in range(100))
+    api.push_message(8, 8, long_text[:3900])
+    await api.wait_sent(1)
+    api.push_message(8, 8, "/export")
+    sent = await api.wait_sent(3, timeout=60)
+    pieces = [s["text"] for s in sent[1:]]
+    assert all(len(p) <= MESSAGE_LIMIT for p in pieces) and len(pieces) >= 2
+    assert "Sentence number 5 is about my garden." in "".join(pieces)
+
+
+async def test_platform_errors_are_retried_without_losing_the_reply(bot, api):
+    api.fail_next["sendMessage"] = [429, 500]
+    api.push_message(9, 9, "hello there")
+    sent = await api.wait_sent(1, timeout=60)
+    assert sent[0]["chat_id"] == 9 and sent[0]["text"].strip()
+    assert api.calls.count("sendMessage") == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_webhook_mode(tg_settings, replier, api):
+    port = _free_port()
+    settings = replace(tg_settings, telegram_mode="webhook", telegram_webhook_url=f"http://127.0.0.1:{port}/tg-hook",
+                       telegram_webhook_listen="127.0.0.1", telegram_webhook_port=port,
+                       telegram_webhook_secret="s3cret")
+    async with Engine.from_settings(settings, replier=replier) as engine:
+        adapter = TelegramAdapter(engine, settings)
+        await adapter.start()
+        try:
+            assert api.webhook["url"] == f"http://127.0.0.1:{port}/tg-hook"
+            assert api.webhook["secret_token"] == "s3cret"
+            update = api.message(5, 5, "hello from a webhook")
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"http://127.0.0.1:{port}/tg-hook", data=json.dumps(update),
+                                     headers={"Content-Type": "application/json"}) as r:
+                    assert r.status == 403  # no secret: refused
+                async with http.post(f"http://127.0.0.1:{port}/tg-hook", data=json.dumps(update),
+                                     headers={"Content-Type": "application/json",
+                                              "X-Telegram-Bot-Api-Secret-Token": "s3cret"}) as r:
+                    assert r.status == 200
+            sent = await api.wait_sent(1)
+            assert sent[0]["chat_id"] == 5
+            assert "getUpdates" not in api.calls
+        finally:
+            await adapter.stop()
+
+
+async def test_missing_or_rejected_token_fails_fast(tg_settings, replier):
+    async with Engine.from_settings(tg_settings, replier=replier) as engine:
+        with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN is not set"):
+            TelegramAdapter(engine, replace(tg_settings, telegram_token=None))
+        adapter = TelegramAdapter(engine, replace(tg_settings, telegram_token="1:wrong"))
+        with pytest.raises(ConfigError, match="rejected"):
+            await adapter.start()
+
+
+def test_split_message_prefers_line_and_sentence_boundaries():
+    text = "First line.\n" + "A sentence here. " * 30
+    pieces = split_message(text, 100)
+    assert pieces[0] == "First line."
+    assert all(len(p) <= 100 for p in pieces)
+    assert all(p.endswith(".") for p in pieces)
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "").replace("\n", "")
+    assert split_message("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]
+    assert split_message("   ", 10) == []
+    assert BOT_ID > 0

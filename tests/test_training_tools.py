@@ -1,0 +1,104 @@
+"""Training tools: fp16 weight shards, int8 quantization of embedding tables, ranker and hybrid helpers."""
+import numpy as np
+import pytest
+
+from engine.replier import CandidateFeatures, RankWeights
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+
+def test_chat_shards_round_trip(tmp_path):
+    """Only trained weights travel, each shard under 15 MiB; unpacking rebuilds the trained model."""
+    from training.modeling import build_model, freeze_embeddings
+    from training.shards import SHARD_BYTES, pack_chat, unpack_chat
+    from training.export import load_checkpoint
+    model = build_model(warm_start=True)
+    freeze_embeddings(model)
+    with torch.no_grad():
+        model.model.shared.weight.copy_(model.model.shared.weight.half().float())  # as trained from fp16 MiniLM
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    torch.save({"model": model.state_dict(), "state": {"examples": 1}, "config": model.config.to_dict(),
+                "frozen_embeddings": True}, tmp_path / "best.pt")
+    paths = pack_chat(tmp_path / "best.pt", tmp_path / "shards")
+    assert all(p.stat().st_size <= SHARD_BYTES + 100_000 for p in paths)
+    assert sum(p.stat().st_size for p in paths) < 55e6  # the 47 MB embedding table stays behind
+    unpack_chat(tmp_path / "shards", tmp_path / "out.pt")
+    back = load_checkpoint(tmp_path / "out.pt")
+    for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
+    assert torch.equal(back.model.shared.weight, model.model.shared.weight)
+
+
+def test_pack_chat_refuses_trained_embeddings(tmp_path):
+    from training.shards import pack_chat
+    torch.save({"model": {}, "state": {}, "config": {}}, tmp_path / "best.pt")
+    with pytest.raises(ValueError, match="freeze-embeddings"):
+        pack_chat(tmp_path / "best.pt", tmp_path / "shards")
+
+
+def test_embedding_rows_int8_keep_every_row(tmp_path):
+    """A Gather over a table rewritten to int8 rows + per-row scales returns each row within 1/254 of
+    its largest value, also for rows far smaller than the table's largest (per-tensor int8 fails there)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from training.onnx_quantize import quantize_embedding_rows
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(2000, 600)).astype(np.float32) * rng.uniform(0.001, 10, size=(2000, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["out"], axis=0)], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 600])],
+        [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert quantize_embedding_rows(model) == 1
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    ids = np.arange(2000, dtype=np.int64)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    err = np.abs(got - table).max(1) / np.abs(table).max(1)
+    assert err.max() <= 1 / 254 + 1e-6
+    assert (tmp_path / "m.onnx").stat().st_size < table.nbytes / 3
+
+
+def test_ranker_freezes_all_but_the_top_layers():
+    from transformers import BertConfig, BertModel
+    from training.ranker import freeze_lower
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64))
+    prefixes = freeze_lower(model, 2)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert prefixes == ["encoder.layer.2.", "encoder.layer.3."]
+    assert trained and all(n.startswith(("encoder.layer.2.", "encoder.layer.3.")) for n in trained)
+    assert not any("embeddings" in n for n in trained)
+
+
+def test_ranker_valid_sets_are_fixed_and_fair():
+    from training.data import Example
+    from training.ranker import valid_sets
+    exs = [Example(f"c{i}", 1, "a", "b", (f"context {i}",), f"reply {i % 7}") for i in range(50)]
+    sets = valid_sets(exs, 10)
+    assert sets == valid_sets(exs, 10)
+    for context, options in sets:
+        i = int(context.split()[-1])
+        assert len(options) == 20 and options[0] == f"reply {i % 7}" and options[0] not in options[1:]
+
+
+def _pool(texts, ranker, gen, generated, true):
+    from training.hybrid import Pool
+    n = len(texts)
+    f = CandidateFeatures(texts, np.array(ranker, np.float32), np.array(gen, np.float32),
+                          np.zeros(n, np.float32), np.zeros(n, np.float32))
+    return Pool(f, np.array(generated), None, true)
+
+
+def test_hybrid_pick_and_tuning():
+    from training.hybrid import pick, pick_generator_only, tune
+    pools = [_pool([f"i like cats {i}", "i do not know", f"dogs are great {i}"], [0.2, 0.9, 0.5],
+                   [-0.5, -3.0, -2.0], [True, False, True], f"i like cats {i}") for i in range(20)]
+    assert pick_generator_only(pools[0]) == "i like cats 0"
+    assert pick(pools[0], RankWeights(generator=0.0)) == "i do not know"
+    weights, table = tune(pools, RankWeights())
+    # "i do not know" every time fails distinct-2; the best F1 with distinct-2 >= 0.3 trusts the generator
+    assert pick(pools[0], weights) == "i like cats 0"
+    assert len(table) == 30 and all({"generator", "profile", "f1", "distinct_2"} <= set(r) for r in table)
