@@ -2,8 +2,8 @@
 
 Needs the privileged *message content* intent (Developer Portal -> Bot -> Privileged Gateway Intents)
 to read the text of server messages that mention the bot. Slash commands (/chat, /profile, /reset,
-/forget) defer at once, so Discord's 3-second deadline is never missed however long the engine
-takes; /profile, /reset and /forget answer ephemerally (only the caller sees them). Every reply is
+/forget, /link) defer at once, so Discord's 3-second deadline is never missed however long the engine
+takes; all but /chat answer ephemerally (only the caller sees them). Every reply is
 split at 2,000 characters and sent with ``AllowedMentions.none()``: a reply can never ping
 @everyone, roles or users. The REST and gateway URLs are configurable (proxies, tests).
 """
@@ -57,6 +57,11 @@ class RapportDiscordClient(discord.Client):
         @app_commands.describe(message="what you want to say")
         async def chat(interaction: discord.Interaction, message: str) -> None:
             await self.answer_interaction(interaction, message, ephemeral=False)
+
+        @self.tree.command(name="link", description="use one profile on Discord and Telegram")
+        @app_commands.describe(code="the code /link gave you on your other account (empty: get a code)")
+        async def link(interaction: discord.Interaction, code: str | None = None) -> None:
+            await self.answer_interaction(interaction, f"/link {code or ''}".strip(), ephemeral=True)
 
         for name, text in (("profile", "show what I know about you"),
                            ("reset", "forget this conversation (your profile stays)"),

@@ -119,6 +119,26 @@ async def _forget(ctx: CommandContext, args: str) -> str:
             "interest profile, preferences). It's a fresh start.")
 
 
+LINK_CODE_TTL_S = 600
+
+
+@command("link", "use one profile on Telegram and Discord: /link gives a code, /link <code> uses it")
+async def _link(ctx: CommandContext, args: str) -> str:
+    code = args.strip().upper()
+    if not code:
+        code = await ctx.store.create_link_code(ctx.ref, LINK_CODE_TTL_S)
+        return (f"Your link code is {code}. Within {LINK_CODE_TTL_S // 60} minutes, send /link {code} to me from "
+                "your other account (Telegram or Discord). It works once; don't share it.")
+    owner = await ctx.store.redeem_link_code(code)
+    if owner is None:
+        return "That code is unknown or has expired. Send /link on your other account to get a new one."
+    if owner == ctx.ref.owner:
+        return "These accounts already share one profile."
+    await ctx.store.link(ctx.ref, owner, MAX_FACTS)
+    return ("Linked: this account now uses the profile of your other account (the facts you told me here were "
+            "added to it). /profile shows it; /forget on either account deletes everything.")
+
+
 @command("export", "get all your data as JSON")
 async def _export(ctx: CommandContext, args: str) -> str:
     vector, seen = await ctx.store.vector(ctx.ref)

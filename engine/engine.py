@@ -92,8 +92,9 @@ class Engine:
         try:
             async with lock:
                 try:
-                    async with self.store.user_lock(ref, self.settings.lock_timeout_s):
-                        text, kind = await self._answer(ref, msg)
+                    linked = await self.store.resolve(ref)
+                    async with self.store.user_lock(linked, self.settings.lock_timeout_s):
+                        text, kind = await self._answer(linked, msg)
                 except LockTimeout:
                     text, kind = BUSY, "notice"
                 except Exception:

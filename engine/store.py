@@ -1,15 +1,19 @@
 """Per-user state in Redis: history, facts, profile vector, preferences, lock, rate limit.
 
-Key schema (``P`` is the prefix, ``U`` = ``{platform}:{user_id}``, ``C`` = ``{platform}:{chat_id}``):
+Key schema (``P`` is the prefix, ``U`` = ``{platform}:{user_id}``, ``C`` = ``{platform}:{chat_id}``,
+``O`` = the profile owner: ``U`` itself, or the account U was linked to with ``/link``):
 
   P:hist:C:U     list of JSON turns {"role","text","ts"}   capped by turns and tokens; TTL history_ttl_s
   P:chats:U      set of chat keys holding U's history          TTL history_ttl_s
-  P:facts:U      list of fact strings                          TTL profile_ttl_s
-  P:vec:U        string, float32 bytes of the profile vector   TTL profile_ttl_s
-  P:prefs:U      hash of preferences (style, ...)              TTL profile_ttl_s
-  P:seen:U       string, number of messages the vector has seen TTL profile_ttl_s
-  P:lock:U       string, lock token                            PX lock_timeout
+  P:facts:O      list of fact strings                          TTL profile_ttl_s
+  P:vec:O        string, float32 bytes of the profile vector   TTL profile_ttl_s
+  P:prefs:O      hash of preferences (style, ...)              TTL profile_ttl_s
+  P:seen:O       string, number of messages the vector has seen TTL profile_ttl_s
+  P:lock:O       string, lock token                            PX lock_timeout
   P:rate:U:M     counter for minute M                          TTL 60 s
+  P:link:U       string, the owner O whose profile U uses      until /forget
+  P:linked:O     set of the accounts linked to O               until /forget
+  P:linkcode:K   string, the owner O that made one-time code K TTL link_code_ttl_s, deleted when used
 """
 from __future__ import annotations
 
@@ -36,10 +40,16 @@ class UserRef:
     platform: str
     user_id: str
     chat_id: str
+    linked_to: str = ""  # the account whose profile this one uses (``/link``), if any
 
     @property
     def user(self) -> str:
         return f"{self.platform}:{self.user_id}"
+
+    @property
+    def owner(self) -> str:
+        """Key of the profile (facts, vector, preferences) this account uses."""
+        return self.linked_to or self.user
 
     @property
     def chat(self) -> str:
@@ -75,6 +85,10 @@ class Store(Protocol):
     async def prefs(self, ref: UserRef) -> dict[str, str]: ...
     async def set_pref(self, ref: UserRef, key: str, value: str) -> None: ...
     async def forget_user(self, ref: UserRef) -> int: ...
+    async def resolve(self, ref: UserRef) -> UserRef: ...
+    async def create_link_code(self, ref: UserRef, ttl_s: int) -> str: ...
+    async def redeem_link_code(self, code: str) -> str | None: ...
+    async def link(self, ref: UserRef, owner: str, max_facts: int) -> None: ...
     async def allow(self, ref: UserRef, per_minute: int) -> bool: ...
     def user_lock(self, ref: UserRef, timeout_s: float) -> "AsyncIterator[None]": ...
 
@@ -136,10 +150,10 @@ class RedisStore:
 
     # --- profile ----------------------------------------------------------------------------------
     async def facts(self, ref: UserRef) -> list[str]:
-        return [f.decode() for f in await self.r.lrange(self._k("facts", ref.user), 0, -1)]
+        return [f.decode() for f in await self.r.lrange(self._k("facts", ref.owner), 0, -1)]
 
     async def set_facts(self, ref: UserRef, facts: list[str]) -> None:
-        key = self._k("facts", ref.user)
+        key = self._k("facts", ref.owner)
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(key)
         if facts:
@@ -148,38 +162,76 @@ class RedisStore:
         await pipe.execute()
 
     async def vector(self, ref: UserRef) -> tuple[np.ndarray | None, int]:
-        raw, seen = await self.r.mget(self._k("vec", ref.user), self._k("seen", ref.user))
+        raw, seen = await self.r.mget(self._k("vec", ref.owner), self._k("seen", ref.owner))
         if raw is None:
             return None, 0
         return np.frombuffer(raw, dtype=np.float32).copy(), int(seen or 0)
 
     async def set_vector(self, ref: UserRef, vector: np.ndarray, seen: int) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.set(self._k("vec", ref.user), vector.astype(np.float32).tobytes(), ex=self.profile_ttl_s)
-        pipe.set(self._k("seen", ref.user), seen, ex=self.profile_ttl_s)
+        pipe.set(self._k("vec", ref.owner), vector.astype(np.float32).tobytes(), ex=self.profile_ttl_s)
+        pipe.set(self._k("seen", ref.owner), seen, ex=self.profile_ttl_s)
         await pipe.execute()
 
     async def prefs(self, ref: UserRef) -> dict[str, str]:
-        raw = await self.r.hgetall(self._k("prefs", ref.user))
+        raw = await self.r.hgetall(self._k("prefs", ref.owner))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def set_pref(self, ref: UserRef, key: str, value: str) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._k("prefs", ref.user), key, value)
-        pipe.expire(self._k("prefs", ref.user), self.profile_ttl_s)
+        pipe.hset(self._k("prefs", ref.owner), key, value)
+        pipe.expire(self._k("prefs", ref.owner), self.profile_ttl_s)
         await pipe.execute()
 
     async def forget_user(self, ref: UserRef) -> int:
-        """Delete every key about the user (all chats' history included); returns keys deleted."""
-        chats = [c.decode() for c in await self.r.smembers(self._k("chats", ref.user))]
-        keys = [self._k("hist", chat, ref.user) for chat in set(chats) | {ref.chat}]
-        keys += [self._k(kind, ref.user) for kind in ("chats", "facts", "vec", "prefs", "seen")]
-        keys += [self._k("rate", ref.user, m) async for m in self._rate_minutes(ref)]
+        """Delete every key about the person: the profile, and for every linked account its history in
+        every chat, rate counters and link; returns keys deleted."""
+        accounts = {ref.user, ref.owner} | {a.decode() for a in await self.r.smembers(self._k("linked", ref.owner))}
+        keys = [self._k(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")]
+        for account in accounts:
+            chats = {c.decode() for c in await self.r.smembers(self._k("chats", account))}
+            if account == ref.user:
+                chats.add(ref.chat)
+            keys += [self._k("hist", chat, account) for chat in chats]
+            keys += [self._k("chats", account), self._k("link", account)]
+            keys += [key.decode() async for key in self.r.scan_iter(match=self._k("rate", account, "*"), count=100)]
         return int(await self.r.delete(*keys))
 
-    async def _rate_minutes(self, ref: UserRef):
-        async for key in self.r.scan_iter(match=self._k("rate", ref.user, "*"), count=100):
-            yield key.decode().rsplit(":", 1)[1]
+    # --- one person on several platforms -------------------------------------------------------------
+    async def resolve(self, ref: UserRef) -> UserRef:
+        """``ref`` with the profile owner it is linked to, if any."""
+        owner = await self.r.get(self._k("link", ref.user))
+        return UserRef(ref.platform, ref.user_id, ref.chat_id, owner.decode() if owner else "")
+
+    async def create_link_code(self, ref: UserRef, ttl_s: int) -> str:
+        """A fresh one-time code (8 characters) naming ``ref``'s profile owner, valid ``ttl_s`` seconds."""
+        while True:
+            code = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(8))
+            if await self.r.set(self._k("linkcode", code), ref.owner, nx=True, ex=ttl_s):
+                return code
+
+    async def redeem_link_code(self, code: str) -> str | None:
+        """The owner that made ``code``, or None; a code works once."""
+        owner = await self.r.getdel(self._k("linkcode", code))
+        return owner.decode() if owner else None
+
+    async def link(self, ref: UserRef, owner: str, max_facts: int) -> None:
+        """Make ``ref``'s account (and every account linked to it) use ``owner``'s profile. ``ref``'s own
+        facts join the owner's; its vector and preferences are dropped (the owner's are kept)."""
+        mine = await self.facts(ref)
+        target = UserRef(*owner.split(":", 1), chat_id="-")
+        theirs = await self.facts(target)
+        merged = (theirs + [f for f in mine if f not in theirs])[-max_facts:]
+        moved = {ref.user} | {a.decode() for a in await self.r.smembers(self._k("linked", ref.owner))}
+        moved.discard(owner)
+        pipe = self.r.pipeline(transaction=True)
+        for account in moved:
+            pipe.set(self._k("link", account), owner)
+        pipe.sadd(self._k("linked", owner), *moved)
+        pipe.delete(*[self._k(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")])
+        pipe.delete(self._k("link", owner))
+        await pipe.execute()
+        await self.set_facts(target, merged)
 
     # --- concurrency --------------------------------------------------------------------------------
     async def allow(self, ref: UserRef, per_minute: int) -> bool:
@@ -194,7 +246,7 @@ class RedisStore:
     @asynccontextmanager
     async def user_lock(self, ref: UserRef, timeout_s: float) -> AsyncIterator[None]:
         """Cross-process lock on the user; expires after ``timeout_s`` if its holder dies."""
-        key, token = self._k("lock", ref.user), secrets.token_hex(8)
+        key, token = self._k("lock", ref.owner), secrets.token_hex(8)
         deadline = time.monotonic() + timeout_s
         delay = 0.005
         while not await self.r.set(key, token, nx=True, px=int(timeout_s * 1000)):

@@ -1,0 +1,77 @@
+"""One person on Telegram and Discord: /link with a one-time code, one profile, one /forget."""
+import asyncio
+import re
+from dataclasses import replace
+
+import pytest
+
+from bots.discord_bot import RapportDiscordClient
+from bots.telegram import TelegramAdapter
+from engine.engine import Engine
+from engine.store import UserRef
+from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.telegram_api import BOT_USERNAME, FakeTelegramAPI
+
+
+async def test_link_codes_are_single_use_and_expire(store):
+    ana = UserRef("telegram", "1", "1")
+    code = await store.create_link_code(ana, ttl_s=600)
+    assert re.fullmatch(r"[A-Z2-9]{8}", code)
+    assert 590 <= await store.r.ttl(store._k("linkcode", code)) <= 600
+    assert await store.redeem_link_code(code) == "telegram:1"
+    assert await store.redeem_link_code(code) is None
+
+
+async def test_linked_accounts_share_one_profile_and_one_forget(store):
+    tg, dc = UserRef("telegram", "1", "1"), UserRef("discord", "9", "9")
+    await store.set_facts(tg, ["my name is ana"])
+    await store.set_facts(dc, ["i like jazz"])
+    await store.link(dc, tg.owner, max_facts=50)
+    dc = await store.resolve(dc)
+    assert dc.owner == "telegram:1"
+    assert await store.facts(dc) == ["my name is ana", "i like jazz"]
+    assert await store.facts(UserRef("discord", "9", "9")) == []  # the old own profile is gone
+    await store.forget_user(dc)
+    assert await store.facts(tg) == [] and (await store.resolve(UserRef("discord", "9", "9"))).owner == "discord:9"
+    assert not await store.r.keys(f"{store.p}:*")
+
+
+@pytest.fixture
+async def both(settings, replier):
+    tg_api, dc_api = await FakeTelegramAPI().start(), await FakeDiscord().start()
+    s = replace(settings, telegram_token=tg_api.token, telegram_api_url=tg_api.url, telegram_poll_timeout_s=1,
+                discord_token=dc_api.token, discord_api_url=dc_api.api_url, discord_gateway_url=dc_api.gateway_url)
+    async with Engine.from_settings(s, replier=replier) as engine:
+        telegram = TelegramAdapter(engine, s)
+        await telegram.start()
+        discord_client = RapportDiscordClient(engine, s)
+        task = asyncio.create_task(discord_client.start(s.discord_token))
+        await asyncio.wait_for(discord_client.wait_until_ready(), 30)
+        yield tg_api, dc_api
+        await discord_client.close()
+        await asyncio.gather(task, return_exceptions=True)
+        await telegram.stop()
+    await tg_api.stop()
+    await dc_api.stop()
+
+
+async def test_link_across_telegram_and_discord(both):
+    tg, dc = both
+    tg.push_message(7, 7, "hi, my name is Ana")
+    await tg.wait_sent(1)
+    tg.push_message(7, 7, "/link")
+    code = re.search(r"code is ([A-Z2-9]{8})", (await tg.wait_sent(2))[1]["text"]).group(1)
+    await dc.slash(70, "link", {"code": code}, guild=False)
+    sent = await dc.wait_sent(1)
+    assert sent[0]["body"]["content"].startswith("Linked") and sent[0]["body"]["flags"] & 64
+    await dc.message(70, "what is my name?")
+    assert "Ana" in (await dc.wait_sent(2))[1]["body"]["content"]
+    await dc.slash(70, "link", {"code": code}, guild=False)  # a code works once
+    assert "unknown or has expired" in (await dc.wait_sent(3))[2]["body"]["content"]
+    # someone else in a Telegram group never sees Ana's profile
+    tg.push_message(-5, 8, f"@{BOT_USERNAME} what is my name?", chat_type="group", first_name="Bob")
+    assert "Ana" not in (await tg.wait_sent(3))[2]["text"]
+    await dc.slash(70, "forget", guild=False)
+    await dc.wait_sent(4)
+    tg.push_message(7, 7, "what is my name?")
+    assert "Ana" not in (await tg.wait_sent(4))[3]["text"]
