@@ -5,8 +5,9 @@
 Metrics (DESIGN.md, "Measurement protocol"): word-level perplexity, Hits@1/20 (19 random
 distractors from the same split), ParlAI unigram F1 and distinct-1/2 of greedy replies, with
 bootstrap 95% intervals by conversation; the user's profile facts true / shuffled / none.
-Baselines: retrieval (reply of the nearest training context by MiniLM cosine), a zero-shot
-MiniLM ranker, and a constant reply. Only valid/test-type splits are read; nothing is tuned here.
+Baselines: retrieval (reply of the nearest training context by the ``--encoder``'s cosine), that
+encoder as a ranker (context -> reply cosine), and a constant reply. Only valid/test-type splits are
+read; nothing is tuned here.
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ class Evaluator:
                 "groups": [e.conv_id for e in exs]}
 
     def ranker_hits(self, split: str) -> dict[str, np.ndarray]:
-        """Zero-shot MiniLM context->reply cosine, Hits@1/20 on the same candidates."""
+        """The sentence encoder's context->reply cosine as a ranker, Hits@1/20 on the same candidates."""
         exs = self.sample(split, self.sizes.score, "score")
         cands = self.distractors(split, exs)
         hits = []
@@ -141,7 +142,7 @@ class Evaluator:
                 "replies": replies, "examples": exs, "groups": [e.conv_id for e in exs]}
 
     def retrieval(self, split: str, n: int) -> dict:
-        """Reply of the nearest training context (MiniLM cosine); F1 and Hits@1 (candidates vs retrieved)."""
+        """Reply of the nearest training context (encoder cosine); F1 of that reply."""
         if not hasattr(self, "_index"):
             train = random.Random(self.seed).sample(all_examples(self.splits["train"]), self.sizes.retrieval_index)
             self._index = (self.embedder.embed([context_text(e) for e in train]), [e.reply for e in train])
@@ -196,7 +197,7 @@ def run(ev: Evaluator) -> dict:
         ret = ev.retrieval(split, ev.sizes.generate)
         const = np.array([unigram_f1(CONSTANT_REPLY, e.reply) for e in gens[(split, conditions[0])]["examples"]])
         entry["baselines"] = {
-            "zero_shot_minilm_ranker_hits_at_1_of_20": _ci(r["hits"], r["groups"]),
+            "encoder_ranker_hits_at_1_of_20": _ci(r["hits"], r["groups"]),
             "retrieval_f1": _ci(100 * ret["f1"], ret["groups"]),
             "retrieval_distinct_1": distinct_n(ret["replies"], 1),
             "retrieval_distinct_2": distinct_n(ret["replies"], 2),

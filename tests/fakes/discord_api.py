@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 
 from aiohttp import WSMsgType, web
 
+from . import wait_for_items
+
 BOT_ID, APP_ID, GUILD_ID, CHANNEL_ID = 9000, 9001, 9100, 9200
 
 
@@ -112,12 +114,8 @@ class FakeDiscord:
         return data
 
     async def wait_sent(self, count: int, timeout: float = 60.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.sent) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"bot sent {len(self.sent)} of {count} messages: {self.sent}")
-            await asyncio.sleep(0.05)
-        return self.sent
+        """Wait until at least ``count`` messages were sent by the bot."""
+        return await wait_for_items(self.sent, count, timeout)
 
     # --- server side -----------------------------------------------------------------------------
     async def start(self) -> "FakeDiscord":

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from . import wait_for_items
+
 BOT_ID = 4242
 BOT_USERNAME = "rapport_test_bot"
 RAW_STRING_FIELDS = {"text", "url", "secret_token", "action", "description"}
@@ -71,12 +73,7 @@ class FakeTelegramAPI:
 
     async def wait_sent(self, count: int, timeout: float = 60.0) -> list[dict]:
         """Wait until at least ``count`` messages were sent by the bot."""
-        deadline = time.monotonic() + timeout
-        while len(self.sent) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"bot sent {len(self.sent)} of {count} messages: {self.sent}")
-            await asyncio.sleep(0.05)
-        return self.sent
+        return await wait_for_items(self.sent, count, timeout)
 
     # --- server side -----------------------------------------------------------------------------
     async def start(self) -> "FakeTelegramAPI":
