@@ -41,7 +41,7 @@ from .train import DEFAULT_DATA
 GENERATOR_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 PROFILE_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
 MIN_DISTINCT_2 = 0.30
-PROFILE_MESSAGES = 200
+PROFILE_MESSAGES = 100
 CONDITIONS = {"test": ("true", "shuffled", "none"), "known_user": ("true", "shuffled", "none"),
               "new_user": ("none",)}
 
@@ -58,7 +58,7 @@ class SpeakerProfiles:
         self._cache: dict[str, np.ndarray | None] = {}
 
     def vector(self, speaker: str) -> np.ndarray | None:
-        """The engine's moving-average profile over the speaker's last 200 training messages."""
+        """The engine's moving-average profile over the speaker's last 100 training messages."""
         if speaker not in self._cache:
             msgs = self.messages.get(speaker, [])[-PROFILE_MESSAGES:]
             profile, seen = None, 0
@@ -187,7 +187,7 @@ def eval_main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_args(p)
     p.add_argument("--zero-shot-encoder", type=Path, help="export of the pretrained MiniLM, for comparison")
-    p.add_argument("--examples", type=int, default=250, help="generated examples per split and condition")
+    p.add_argument("--examples", type=int, default=120, help="generated examples per split and condition")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, not for the card)")
     args = p.parse_args(argv)
     sizes = Sizes(40, 40, 20, 2000) if args.quick else Sizes()

@@ -207,6 +207,10 @@ def _goal_lines(results: dict, hybrid: dict | None) -> list[str]:
              ku["hits_at_1_of_20"]["value"] >= 0.40),
             ("generator greedy F1 >= 15", f"{ku['f1']['value']:.1f}", ku["f1"]["value"] >= 15),
             ("generator distinct-2 >= 0.30", f"{ku['distinct_2']:.3f}", ku["distinct_2"] >= 0.30)]
+    base = results["splits"]["known_user"]["baselines"]
+    rows.append(("generator greedy F1 above the retrieval baseline",
+                 f"{ku['f1']['value']:.1f} vs {base['retrieval_f1']['value']:.1f}",
+                 ku["f1"]["value"] > base["retrieval_f1"]["value"]))
     gain = results["splits"]["known_user"].get("profile_gain_true_minus_shuffled")
     if gain:
         lo, hi = gain["hits_at_1_of_20"]["ci95"]
@@ -218,8 +222,15 @@ def _goal_lines(results: dict, hybrid: dict | None) -> list[str]:
         if r:
             rows.append(("ranker Hits@1/20 >= 65%", f"{100 * r['value']:.1f}%", r["value"] >= 0.65))
         hy = h["replies"].get("hybrid_true_profile")
+        gen = h["replies"].get("generator_only_true_profile")
         if hy:
             rows.append(("hybrid distinct-2 >= 0.30", f"{hy['distinct_2']:.3f}", hy["distinct_2"] >= 0.30))
+            const = base["constant_reply_f1"]["value"]
+            rows.append(("hybrid F1 above the constant reply's (other samples)", f"{hy['f1']['value']:.1f} vs {const:.1f}",
+                         hy["f1"]["value"] > const))
+        if hy and gen:
+            rows.append(("hybrid F1 above generator-only (same samples)",
+                         f"{hy['f1']['value']:.1f} vs {gen['f1']['value']:.1f}", hy["f1"]["value"] > gen["f1"]["value"]))
         g = h.get("profile_gain_true_minus_shuffled", {}).get("hybrid_f1")
         if g:
             rows.append(("hybrid personalization gain CI excludes 0",
