@@ -75,3 +75,31 @@ async def test_link_across_telegram_and_discord(both):
     await dc.wait_sent(4)
     tg.push_message(7, 7, "what is my name?")
     assert "Ana" not in (await tg.wait_sent(4))[3]["text"]
+
+
+async def test_rapport_bots_serves_both_platforms_and_stops_cleanly_on_sigterm(redis_server, tmp_path):
+    """The shipped command line, as docker-compose runs it: both adapters in one process, SIGTERM ends it."""
+    import os
+    import signal
+    import sys
+    tg, dc = await FakeTelegramAPI().start(), await FakeDiscord().start()
+    env = {**os.environ, "TELEGRAM_BOT_TOKEN": tg.token, "RAPPORT_TELEGRAM_API_URL": tg.url,
+           "RAPPORT_TELEGRAM_POLL_TIMEOUT_S": "1", "DISCORD_BOT_TOKEN": dc.token,
+           "RAPPORT_DISCORD_API_URL": dc.api_url, "RAPPORT_DISCORD_GATEWAY_URL": dc.gateway_url,
+           "REDIS_URL": redis_server.url, "RAPPORT_KEY_PREFIX": "sigterm-test"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bots.cli", "--env-file", str(tmp_path / "none"),
+                                                "bots", env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        tg.push_message(3, 3, "hello from telegram")
+        assert (await tg.wait_sent(1, timeout=120))[0]["chat_id"] == 3
+        await asyncio.wait_for(dc.ready.wait(), 60)
+        await dc.message(3, "hello from discord")
+        assert (await dc.wait_sent(1, timeout=60))[0]["channel_id"] == 50_003
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await tg.stop()
+        await dc.stop()
