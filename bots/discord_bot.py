@@ -27,6 +27,7 @@ from .split import split_message
 PLATFORM = "discord"
 MESSAGE_LIMIT = 2000
 NO_PINGS = discord.AllowedMentions.none()
+NOT_TEXT = "I can only read text for now. Could you tell me in words?"
 log = logging.getLogger(__name__)
 
 
@@ -90,6 +91,9 @@ class RapportDiscordClient(discord.Client):
         """Answer a DM, a mention or a reply to the bot."""
         text = self.addressed_text(message)
         if text is None:
+            return
+        if not text and message.attachments:
+            await message.channel.send(NOT_TEXT, allowed_mentions=NO_PINGS)
             return
         incoming = IncomingMessage(PLATFORM, str(message.channel.id), str(message.author.id), text,
                                    user_name=message.author.display_name, message_id=str(message.id),

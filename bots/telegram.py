@@ -29,6 +29,7 @@ PLATFORM = "telegram"
 MESSAGE_LIMIT = 4096
 TYPING_EVERY_S = 4.0
 SORRY = "Sorry, something went wrong on my side. Please try again in a moment."
+NOT_TEXT = "I can only read text for now. Could you tell me in words?"
 SEND_ATTEMPTS = 4
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class TelegramAdapter:
             .rate_limiter(AIORateLimiter(max_retries=3))
             .concurrent_updates(True)
             .build())
-        self.app.add_handler(MessageHandler(filters.TEXT & filters.UpdateType.MESSAGE, self.on_message))
+        self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self.on_message))
         self.app.add_error_handler(self.on_error)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -83,19 +84,22 @@ class TelegramAdapter:
 
     # --- handlers ----------------------------------------------------------------------------------
     def addressed_text(self, update: Update) -> str | None:
-        """The text meant for the bot, or None when the bot should stay silent (pure, no I/O)."""
+        """The text (or media caption) meant for the bot, "" for a private message without text, or None
+        when the bot should stay silent (pure, no I/O)."""
         msg = update.effective_message
-        if msg is None or msg.text is None or update.effective_user is None:
+        if msg is None or update.effective_user is None:
             return None
-        text = msg.text
+        text = msg.text or msg.caption
         if msg.chat.type == ChatType.PRIVATE:
-            return text
+            return text or ""
+        if not text:
+            return None
         me = (self.app.bot.username or "").lower()
         command = re.match(r"^/\w+@(\w+)", text)
         if command:
             return text if command.group(1).lower() == me else None
-        mentions = [text[e.offset: e.offset + e.length] for e in msg.entities or ()
-                    if e.type == MessageEntityType.MENTION]
+        entities = msg.entities if msg.text else msg.caption_entities
+        mentions = [text[e.offset: e.offset + e.length] for e in entities or () if e.type == MessageEntityType.MENTION]
         if any(m.lower() == f"@{me}" for m in mentions):
             return re.sub(rf"@{re.escape(me)}\b", "", text, flags=re.IGNORECASE).strip()
         replied = msg.reply_to_message
@@ -109,6 +113,9 @@ class TelegramAdapter:
         if text is None:
             return
         msg, user = update.effective_message, update.effective_user
+        if not text:
+            await self.send(msg.chat.id, NOT_TEXT, None)
+            return
         incoming = IncomingMessage(PLATFORM, str(msg.chat.id), str(user.id), text, user_name=user.first_name or "",
                                    message_id=str(msg.message_id), timestamp=msg.date.timestamp(),
                                    is_private=msg.chat.type == ChatType.PRIVATE)

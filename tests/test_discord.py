@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from bots.discord_bot import MESSAGE_LIMIT, RapportDiscordClient, run_discord
+from bots.discord_bot import MESSAGE_LIMIT, NOT_TEXT, RapportDiscordClient, run_discord
 from engine.config import ConfigError
 from engine.engine import Engine
 from tests.fakes.discord_api import BOT_ID, CHANNEL_ID, FakeDiscord
@@ -91,6 +91,11 @@ async def test_slash_commands_defer_at_once_then_follow_up(bot, fake):
     await fake.slash(4, "forget")
     sent = await fake.wait_sent(3)
     assert "deleted everything" in sent[2]["body"]["content"]
+
+
+async def test_attachment_only_dm_gets_a_polite_text_only_answer(bot, fake):
+    await fake.message(7, "", attachment=True)
+    assert (await fake.wait_sent(1))[0]["body"]["content"] == NOT_TEXT
 
 
 async def test_long_reply_is_split_at_the_limit(bot, fake):

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from bots.split import split_message
-from bots.telegram import MESSAGE_LIMIT, TelegramAdapter
+from bots.telegram import MESSAGE_LIMIT, NOT_TEXT, TelegramAdapter
 from engine.config import ConfigError
 from engine.engine import Engine
 from tests.fakes.telegram_api import BOT_ID, BOT_USERNAME, FakeTelegramAPI
@@ -95,6 +95,18 @@ async def test_platform_errors_are_retried_without_losing_the_reply(bot, api):
     sent = await api.wait_sent(1, timeout=60)
     assert sent[0]["chat_id"] == 9 and sent[0]["text"].strip()
     assert api.calls.count("sendMessage") == 3
+
+
+async def test_media_gets_a_polite_text_only_answer_and_captions_are_read(bot, api):
+    api.push_message(6, 6, "", photo=True)
+    assert (await api.wait_sent(1))[0]["text"] == NOT_TEXT
+    api.push_message(6, 6, "my name is Ana, this is my cat", photo=True)
+    await api.wait_sent(2)
+    api.push_message(6, 6, "what is my name?")
+    assert "Ana" in (await api.wait_sent(3))[2]["text"]
+    api.push_message(GROUP, 6, "", chat_type="group", photo=True)
+    await asyncio.sleep(1.0)
+    assert len(api.sent) == 3
 
 
 def _free_port() -> int:

@@ -78,12 +78,16 @@ class FakeDiscord:
         await self._ws.send_str(json.dumps({"op": 0, "t": event, "s": next(self._seq), "d": data}))
 
     async def message(self, user_id: int, content: str, guild: bool = False, name: str = "ana",
-                      mentions_bot: bool = False, reply_to: dict | None = None, channel_id: int | None = None) -> dict:
+                      mentions_bot: bool = False, reply_to: dict | None = None, channel_id: int | None = None,
+                      attachment: bool = False) -> dict:
         """Dispatch a MESSAGE_CREATE (DM unless ``guild``); returns its payload."""
         data = {"id": str(self.next_id()), "channel_id": str(channel_id or (CHANNEL_ID if guild else 50_000 + user_id)),
                 "author": _user(user_id, name), "content": content, "timestamp": _now(), "edited_timestamp": None,
                 "tts": False, "mention_everyone": False, "mentions": [BOT_USER] if mentions_bot else [],
                 "mention_roles": [], "attachments": [], "embeds": [], "pinned": False, "type": 0, "flags": 0}
+        if attachment:
+            data["attachments"] = [{"id": str(self.next_id()), "filename": "cat.png", "size": 10, "url": "http://x/cat.png",
+                                    "proxy_url": "http://x/cat.png", "content_type": "image/png"}]
         if guild:
             data["guild_id"] = str(GUILD_ID)
             data["member"] = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0}

@@ -44,8 +44,9 @@ class FakeTelegramAPI:
 
     # --- test side -------------------------------------------------------------------------------
     def message(self, chat_id: int, user_id: int, text: str, chat_type: str = "private",
-                first_name: str = "Ana", reply_to: dict | None = None) -> dict:
-        """An Update carrying a text message (entities for commands and @mentions filled in)."""
+                first_name: str = "Ana", reply_to: dict | None = None, photo: bool = False) -> dict:
+        """An Update carrying a text message (entities for commands and @mentions filled in); with
+        ``photo``, a photo whose caption is ``text`` (none when empty)."""
         entities = []
         for i, word in enumerate(text.split(" ")):
             offset = len(" ".join(text.split(" ")[:i])) + (1 if i else 0)
@@ -56,10 +57,18 @@ class FakeTelegramAPI:
         chat = {"id": chat_id, "type": chat_type}
         if chat_type != "private":
             chat["title"] = "test group"
-        msg = {"message_id": next(self._message_ids), "date": int(time.time()), "chat": chat, "text": text,
+        msg = {"message_id": next(self._message_ids), "date": int(time.time()), "chat": chat,
                "from": {"id": user_id, "is_bot": False, "first_name": first_name}}
-        if entities:
-            msg["entities"] = entities
+        if photo:
+            msg["photo"] = [{"file_id": "p1", "file_unique_id": "u1", "width": 90, "height": 90}]
+            if text:
+                msg["caption"] = text
+                if entities:
+                    msg["caption_entities"] = entities
+        else:
+            msg["text"] = text
+            if entities:
+                msg["entities"] = entities
         if reply_to is not None:
             msg["reply_to_message"] = reply_to
         return {"update_id": next(self._update_ids), "message": msg}
