@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds_at_start = state["seconds"]
     last_ckpt = time.time()
     next_eval = (state["examples"] // args.eval_every + 1) * args.eval_every
-    bar = tqdm(total=args.max_examples, initial=state["examples"], unit="ex", mininterval=10)
+    bar = tqdm(total=None if args.time_schedule else args.max_examples, initial=state["examples"], unit="ex",
+               mininterval=10)
     prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop)
     device_type = torch.device(args.device).type
     done = False
