@@ -58,7 +58,7 @@ async def _run_platforms(settings: Settings, platforms: list[str]) -> None:
                 from .discord_bot import run_discord
                 runners.append(run_discord(engine, settings, stop))
         tasks = [asyncio.create_task(r) for r in runners]
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for result in results:

@@ -1,6 +1,4 @@
 """Data splits never share a conversation; metrics match hand-computed values."""
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest

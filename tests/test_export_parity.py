@@ -1,8 +1,6 @@
 """The exporter: fp32 ONNX equals PyTorch; int8 keeps greedy replies; the shipped export is complete."""
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from engine.config import DEFAULT_MODEL

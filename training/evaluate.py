@@ -18,11 +18,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from engine.encoder import SentenceEncoder
 from engine.generation import GenerationConfig
+from engine.profile import recommender_score
 from engine.prompt import PromptBudget
 from engine.seq2seq import Seq2SeqModel
 from engine.text import TextCodec
@@ -123,14 +125,22 @@ class Evaluator:
         return {"nll": np.array(nll), "words": np.array(words), "hits": np.array(hits),
                 "groups": [e.conv_id for e in exs]}
 
-    def ranker_hits(self, split: str) -> dict[str, np.ndarray]:
-        """The sentence encoder's context->reply cosine as a ranker, Hits@1/20 on the same candidates."""
+    def ranker_hits(self, split: str, encoder: SentenceEncoder | None = None,
+                    profile_of: Callable[[Example], np.ndarray | None] | None = None,
+                    lam: float = 0.0) -> dict[str, np.ndarray]:
+        """A sentence encoder (default: the evaluated one) as a ranker, Hits@1/20 on the same candidates:
+        cos(context, reply), plus ``lam`` x P(u, reply) with ``profile_of(example)`` as R_u when given."""
+        encoder = encoder or self.embedder
         exs = self.sample(split, self.sizes.score, "score")
         cands = self.distractors(split, exs)
         hits = []
         for ex, options in zip(exs, cands):
-            vecs = self.embedder.embed([context_text(ex)] + options)
-            hits.append(hits_at_1((vecs[1:] @ vecs[0])[None, :])[0])
+            vecs = encoder.embed([context_text(ex)] + options)
+            score = vecs[1:] @ vecs[0]
+            profile = profile_of(ex) if profile_of and lam else None
+            if profile is not None:
+                score = score + lam * recommender_score(profile, vecs[1:])
+            hits.append(hits_at_1(score[None, :])[0])
         return {"hits": np.array(hits), "groups": [e.conv_id for e in exs]}
 
     def generate_split(self, split: str, condition: str, n: int) -> dict:

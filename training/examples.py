@@ -46,14 +46,18 @@ class ExampleEncoder:
 
     def encode(self, ex: Example, user_facts: list[str], persona_facts: list[str]) -> Encoded:
         """Source ids (persona, user facts, context) and target ids of ``ex``."""
-        n = len(ex.context)
-        turns = [Turn(t, from_user=(n - i) % 2 == 1) for i, t in enumerate(ex.context)]
-        source = build_source_ids(self.encode_text, self.codec.special_ids, turns,
+        source = build_source_ids(self.encode_text, self.codec.special_ids, turns_of(ex),
                                   persona_facts, user_facts, self.budget)
         reply = self.encode_text(ex.reply)
         sep = self.codec.special_ids["[SEP]"]
         target = reply[:MAX_TARGET_TOKENS] if len(reply) > MAX_TARGET_TOKENS else reply + [sep]
         return Encoded(source, target)
+
+
+def turns_of(ex: Example) -> list[Turn]:
+    """The example's context as engine turns (the last one is the user's)."""
+    n = len(ex.context)
+    return [Turn(t, from_user=(n - i) % 2 == 1) for i, t in enumerate(ex.context)]
 
 
 def all_examples(convs: list[Conversation]) -> list[Example]:

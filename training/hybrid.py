@@ -27,15 +27,14 @@ import numpy as np
 
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
 from engine.encoder import SentenceEncoder
-from engine.profile import recommender_score, update_profile
-from engine.prompt import Turn
+from engine.profile import update_profile
 from engine.replier import CandidateFeatures, RankWeights, Replier
 from engine.retrieval import ReplyIndex
 
 from .data import Example
 from .evaluate import Evaluator, Sizes, _ci, write_card_from_files
-from .examples import all_examples, context_text
-from .metrics import distinct_n, hits_at_1, unigram_f1
+from .examples import turns_of
+from .metrics import distinct_n, unigram_f1
 from .train import DEFAULT_DATA
 
 GENERATOR_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -55,6 +54,7 @@ class SpeakerProfiles:
         for conv in sorted(train_convs, key=lambda c: c.start):
             for i, turn in enumerate(conv.turns):
                 self.messages.setdefault(conv.speakers[i % 2], []).append(turn)
+        self.speakers = sorted(self.messages)
         self._cache: dict[str, np.ndarray | None] = {}
 
     def vector(self, speaker: str) -> np.ndarray | None:
@@ -73,7 +73,7 @@ class SpeakerProfiles:
             return None
         who = ex.addressee
         if condition == "shuffled":
-            others = sorted(s for s in self.messages if s != ex.addressee)
+            others = [s for s in self.speakers if s != ex.addressee]
             who = random.Random(f"{seed}:{ex.conv_id}:{ex.turn_index}").choice(others)
         return self.vector(who)
 
@@ -86,12 +86,6 @@ class Pool:
     generated: np.ndarray  # True where the candidate came from the generator
     retrieval_top: str | None  # the index's nearest reply
     true_reply: str
-
-
-def turns_of(ex: Example) -> list[Turn]:
-    """The example's context as engine turns (the last one is the user's)."""
-    n = len(ex.context)
-    return [Turn(t, from_user=(n - i) % 2 == 1) for i, t in enumerate(ex.context)]
 
 
 def collect(ev: Evaluator, replier: Replier, profiles: SpeakerProfiles, ex: Example, condition: str) -> Pool:
@@ -136,21 +130,6 @@ def tune(pools: list[Pool], base: RankWeights) -> tuple[RankWeights, list[dict]]
     ok = [r for r in table if r["distinct_2"] >= MIN_DISTINCT_2] or table
     best = max(ok, key=lambda r: r["f1"])
     return RankWeights(ranker=base.ranker, generator=best["generator"], profile=best["profile"]), table
-
-
-def ranker_hits(ev: Evaluator, encoder: SentenceEncoder, profiles: SpeakerProfiles, split: str,
-                condition: str, lam: float) -> dict[str, np.ndarray]:
-    """Hits@1/20 of cos(context, reply) + λ·P(u, reply) on the evaluation's candidate sets."""
-    exs = ev.sample(split, ev.sizes.score, "score")
-    hits = []
-    for ex, options in zip(exs, ev.distractors(split, exs)):
-        vecs = encoder.embed([context_text(ex)] + options)
-        score = vecs[1:] @ vecs[0]
-        profile = profiles.for_condition(ex, condition, ev.seed)
-        if lam and profile is not None:
-            score = score + lam * recommender_score(profile, vecs[1:])
-        hits.append(hits_at_1(score[None, :])[0])
-    return {"hits": np.array(hits), "groups": [e.conv_id for e in exs]}
 
 
 def build(model: Path, encoder: Path, index: Path, data: Path, sizes: Sizes, seed: int):
@@ -200,11 +179,12 @@ def eval_main(argv: list[str] | None = None) -> None:
     for split, conditions in CONDITIONS.items():
         entry: dict = {"ranker_hits_at_1_of_20": {}, "replies": {}}
         if zero_shot is not None:
-            r = ranker_hits(ev, zero_shot, profiles, split, "none", 0.0)
+            r = ev.ranker_hits(split, zero_shot)
             entry["ranker_hits_at_1_of_20"]["zero_shot_minilm"] = _ci(r["hits"], r["groups"])
         hits = {}
         for cond in conditions:
-            hits[cond] = ranker_hits(ev, ev.embedder, profiles, split, cond, w.profile)
+            hits[cond] = ev.ranker_hits(split, profile_of=lambda ex, c=cond: profiles.for_condition(ex, c, ev.seed),
+                                        lam=w.profile)
             entry["ranker_hits_at_1_of_20"][f"fine_tuned_{cond}_profile"] = _ci(hits[cond]["hits"],
                                                                                 hits[cond]["groups"])
         exs = [e for e in ev.sample(split, n, "hybrid") if e.context]

@@ -172,9 +172,10 @@ def _hybrid_lines(h: dict) -> list[str]:
          "| split | ranker | profile | Hits@1/20 (%) |", "|---|---|---|---|"]
     for split, e in h["splits"].items():
         for name, m in e["ranker_hits_at_1_of_20"].items():
-            ranker, _, cond = name.partition("_minilm") if name.startswith("zero") else name.partition("_tuned_")
-            label = "zero-shot MiniLM" if name.startswith("zero") else "fine-tuned"
-            profile = "none" if name.startswith("zero") else cond.removesuffix("_profile")
+            if name.startswith("zero_shot"):
+                label, profile = "zero-shot MiniLM", "none"
+            else:
+                label, profile = "fine-tuned", name.removeprefix("fine_tuned_").removesuffix("_profile")
             L.append(f"| {split} | {label} | {profile} | {_fmt(_pct(m))} |")
     L += ["", "| split | system | profile | F1 | distinct-1 | distinct-2 | n |", "|---|---|---|---|---|---|---|"]
     for split, e in h["splits"].items():

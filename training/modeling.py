@@ -10,6 +10,7 @@ The decoder copies the same MiniLM layers; its cross-attention starts random.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,6 +18,15 @@ from transformers import BartConfig, BartForConditionalGeneration
 
 MINILM_VOCAB = 30522
 CLS_ID, SEP_ID, PAD_ID = 101, 102, 0
+
+
+MINILM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def copy_minilm_files(dst: Path) -> None:
+    """Copy MiniLM's config and tokenizer files (everything but the weights) into ``dst``."""
+    for name in MINILM_FILES:
+        shutil.copy(minilm_dir() / name, dst / name)
 
 
 def minilm_dir() -> Path:

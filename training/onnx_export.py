@@ -12,7 +12,6 @@ Works for BART-like and T5-like models (`model.get_encoder()`, `model.get_decode
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from .data import Example, load_splits
 from .examples import all_examples, context_text
-from .modeling import minilm_dir
+from .modeling import copy_minilm_files, minilm_dir
 from .train import DEFAULT_DATA
 
 SCALE = 20.0
@@ -152,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         best.mkdir(exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(best / "model.safetensors"))
-        for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-            shutil.copy(source / name, best / name)
+        copy_minilm_files(best)
         (best / "ranker.json").write_text(json.dumps(
             {"trained_prefixes": prefixes, "valid_hits_at_1": state["best_hits"], "epoch": state["epoch"],
              "step": state["step"], "seconds": round(state["seconds"]), "args": vars(args) | {

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .modeling import build_model, minilm_dir
+from .modeling import build_model, copy_minilm_files, minilm_dir
 
 SHARD_BYTES = 15 * 2**20
 CHAT_FROZEN = ("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
@@ -101,12 +100,10 @@ def pack_ranker(model_dir: Path, out_dir: Path) -> list[Path]:
 def unpack_ranker(shards_dir: Path, out_dir: Path) -> None:
     """Rebuild the ranker's model folder (weights, config, tokenizer) from ranker shards."""
     trained, info = unpack(shards_dir, "ranker")
-    base_dir = minilm_dir()
-    base = load_file(str(base_dir / "model.safetensors"))
+    base = load_file(str(minilm_dir() / "model.safetensors"))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(overlay_on_fp16_base(base, trained), str(out_dir / "model.safetensors"))
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(base_dir / name, out_dir / name)
+    copy_minilm_files(out_dir)
     (out_dir / "ranker.json").write_text(json.dumps(info, indent=2))
 
 
