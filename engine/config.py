@@ -54,6 +54,9 @@ class Settings:
     lock_timeout_s: float = 30.0
     reply_time_budget_s: float = 5.0
     inference_threads: int = 2
+    batch_max: int = 64
+    batch_wait_ms: float = 5.0
+    max_decode_rows: int = 32
     max_message_chars: int = 4000
     profile_weight: float | None = None
     telegram_token: str | None = field(default=None, repr=False)
@@ -82,6 +85,8 @@ class Settings:
             "history_ttl_s": "RAPPORT_HISTORY_TTL_S", "profile_ttl_s": "RAPPORT_PROFILE_TTL_S",
             "rate_limit_per_minute": "RAPPORT_RATE_LIMIT_PER_MINUTE", "lock_timeout_s": "RAPPORT_LOCK_TIMEOUT_S",
             "reply_time_budget_s": "RAPPORT_REPLY_TIME_BUDGET_S", "inference_threads": "RAPPORT_INFERENCE_THREADS",
+            "batch_max": "RAPPORT_BATCH_MAX", "batch_wait_ms": "RAPPORT_BATCH_WAIT_MS",
+            "max_decode_rows": "RAPPORT_MAX_DECODE_ROWS",
             "max_message_chars": "RAPPORT_MAX_MESSAGE_CHARS", "profile_weight": "RAPPORT_PROFILE_WEIGHT",
             "telegram_token": "TELEGRAM_BOT_TOKEN", "discord_token": "DISCORD_BOT_TOKEN",
             "telegram_api_url": "RAPPORT_TELEGRAM_API_URL", "telegram_mode": "RAPPORT_TELEGRAM_MODE",

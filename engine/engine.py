@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 
+from .batcher import InferenceBatcher
 from .commands import MAX_FACTS, CommandContext, parse_command, run_command
 from .config import Settings
 from .facts import extract_facts
@@ -18,7 +18,7 @@ from .messages import IncomingMessage, OutgoingMessage
 from .profile import update_profile
 from .prompt import Turn
 from .redis_server import EmbeddedRedis
-from .replier import Replier
+from .replier import Replier, ReplyRequest
 from .sanitize import clean_text
 from .store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
 
@@ -40,7 +40,7 @@ class Engine:
         self.store = store
         self.replier = replier
         self.embedded = embedded
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-infer")
+        self.batcher = InferenceBatcher(replier, settings.batch_max, settings.batch_wait_ms / 1000)
         self._local_locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
 
@@ -58,7 +58,7 @@ class Engine:
         if replier is None:
             replier = Replier.from_dirs(settings.model_dir, settings.encoder_dir, settings.inference_threads,
                                         index_dir=settings.index_dir, time_budget_s=settings.reply_time_budget_s,
-                                        profile_weight=settings.profile_weight)
+                                        profile_weight=settings.profile_weight, max_rows=settings.max_decode_rows)
         return cls(settings, store, replier, embedded)
 
     async def start(self) -> None:
@@ -72,7 +72,7 @@ class Engine:
     async def stop(self) -> None:
         """Close connections, stop the worker thread and the embedded server."""
         await self.store.close()
-        self._executor.shutdown(wait=True)
+        self.batcher.close()
         if self.embedded:
             self.embedded.stop()
 
@@ -134,14 +134,12 @@ class Engine:
         prefs = await self.store.prefs(ref)
         turns = [Turn(t.text, t.role == "user") for t in history] + [Turn(text, True)]
         reply = answer_from_memory(text, facts)
-        loop = asyncio.get_running_loop()
+        scored, message_vec = await self.batcher.submit(ReplyRequest(
+            turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
+            needs_reply=reply is None))
         if reply is None:
-            scored = await loop.run_in_executor(self._executor, self.replier.reply, turns,
-                                                list(self.settings.persona), facts, vector,
-                                                prefs.get("style", "balanced"))
             reply = scored.text
-        if self.replier.encoder is not None:
-            message_vec = (await loop.run_in_executor(self._executor, self.replier.encoder.embed, [text]))[0]
+        if message_vec is not None:
             vector, seen = update_profile(vector, seen, message_vec)
             await self.store.set_vector(ref, vector, seen)
         now = time.time()

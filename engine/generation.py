@@ -86,3 +86,34 @@ def top_k_top_p_filter(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarr
         sorted_logits[remove] = -np.inf
         np.put_along_axis(logits, order, sorted_logits, axis=-1)
     return logits
+
+
+def nucleus_sample(logits: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator,
+                   shortlist: int = 1024) -> np.ndarray:
+    """One token per row, sampled from softmax(``logits``) restricted by :func:`top_k_top_p_filter`.
+
+    Works on each row's ``shortlist`` best tokens, so the cost of a step does not grow with
+    the number of rows times the vocabulary; rows whose shortlist is not enough fall back to the full row.
+    """
+    rows, vocab = logits.shape
+    width = min(shortlist, vocab, top_k if top_k > 0 else vocab)
+    short = np.argpartition(-logits, width - 1, axis=-1)[:, :width] if width < vocab else \
+        np.broadcast_to(np.arange(vocab), logits.shape)
+    vals = np.take_along_axis(logits, short, axis=-1)
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    short, vals = np.take_along_axis(short, order, -1), np.take_along_axis(vals, order, -1)
+    row_max = vals[:, :1]
+    total = np.exp(logits - row_max).sum(-1, keepdims=True)
+    probs = np.exp(vals - row_max) / total  # (rows, width), true probabilities of the shortlist
+    cumulative = np.cumsum(probs, axis=-1)
+    keep = cumulative - probs <= top_p
+    enough = (cumulative[:, -1] >= top_p) | (width == top_k)
+    kept = np.where(keep, probs, 0.0)
+    draw = rng.random(rows) * kept.sum(-1)
+    picks = np.minimum((np.cumsum(kept, axis=-1) < draw[:, None]).sum(-1), width - 1)
+    chosen = short[np.arange(rows), picks]
+    for row in np.nonzero(~enough)[0]:
+        filtered = top_k_top_p_filter(logits[row: row + 1], top_k, top_p)[0]
+        p = np.exp(filtered - filtered.max())
+        chosen[row] = rng.choice(vocab, p=p / p.sum())
+    return chosen

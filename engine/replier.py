@@ -2,7 +2,9 @@
 
 The weights come from the chat model's ``rapport_config.json`` (``rank_weights``, chosen on the
 validation split by ``rapport-train tune-ranking``); ``/style`` scales them (STYLE_WEIGHTS).
-This is synchronous, CPU-bound code: the engine runs it in a worker thread.
+This is synchronous, CPU-bound code: the engine runs it in a worker thread. :meth:`Replier.reply_batch`
+answers many users at once (one encoder call, one decoder run per step for all of them); under
+load each user gets fewer decoding rows (``max_rows``) so a batch stays within a latency budget.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ STYLES: dict[str, list[GenerationConfig]] = {
                               no_repeat_ngram_size=3, repetition_penalty=1.2)],
 }
 _WORD = re.compile(r"\w+")
+LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
 NEAR_COPY = 0.9  # cosine above which a candidate repeats a recent turn
 
 
@@ -69,6 +72,23 @@ class CandidateFeatures:
 
 
 @dataclass(frozen=True)
+class ReplyRequest:
+    """What :meth:`Replier.reply_batch` needs for one user. ``message`` is embedded for the profile
+    update; ``needs_reply`` is False when the engine already has the answer (from memory)."""
+
+    turns: list[Turn]
+    persona: list[str]
+    user_facts: list[str]
+    profile: np.ndarray | None
+    style: str = "balanced"
+    needs_reply: bool = True
+
+    @property
+    def message(self) -> str:
+        return self.turns[-1].text if self.turns else ""
+
+
+@dataclass(frozen=True)
 class ScoredReply:
     """A candidate reply with its score parts."""
 
@@ -84,7 +104,8 @@ class Replier:
 
     def __init__(self, model: Seq2SeqModel, codec: TextCodec, encoder: SentenceEncoder | None,
                  budget: PromptBudget = PromptBudget(), weights: RankWeights = RankWeights(),
-                 time_budget_s: float = 5.0, index: ReplyIndex | None = None, retrieve_k: int = 8) -> None:
+                 time_budget_s: float = 5.0, index: ReplyIndex | None = None, retrieve_k: int = 8,
+                 max_rows: int = 32) -> None:
         if index is not None and encoder is None:
             raise ValueError("a reply index needs the sentence encoder that built it")
         self.model = model
@@ -95,6 +116,7 @@ class Replier:
         self.time_budget_s = time_budget_s
         self.index = index
         self.retrieve_k = retrieve_k
+        self.max_rows = max_rows
 
     @classmethod
     def from_dirs(cls, model_dir: Path, encoder_dir: Path | None, threads: int = 2,
@@ -123,28 +145,53 @@ class Replier:
 
     def candidates(self, source: list[int], style: str) -> list[tuple[str, float]]:
         """Distinct non-empty (text, mean log-prob) candidates of every decoding setting of ``style``."""
-        seen: dict[str, float] = {}
-        for config in STYLES.get(style, STYLES["balanced"]):
-            config = config.with_(time_budget_s=self.time_budget_s / 2)
-            for cand in self.model.generate(source, config):
-                text = self.codec.decode(list(cand.ids))
-                if _WORD.search(text) and text not in seen:
-                    seen[text] = cand.mean_logprob
-        return list(seen.items())
+        return self.candidates_batch([source], [style])[0]
+
+    def candidates_batch(self, sources: list[list[int]], styles: list[str]) -> list[list[tuple[str, float]]]:
+        """:meth:`candidates` for several sources; sources with the same style decode together, and
+        when there are more than ``max_rows`` rows per setting each source gets fewer candidates."""
+        found: list[dict[str, float]] = [{} for _ in sources]
+        for style in sorted(set(styles)):
+            members = [i for i, s in enumerate(styles) if s == style]
+            for config in STYLES.get(style, STYLES["balanced"]):
+                config = self.shrink(config, len(members)).with_(time_budget_s=self.time_budget_s / 2)
+                for i, cands in zip(members, self.model.generate_batch([sources[i] for i in members], config)):
+                    for cand in cands:
+                        text = self.codec.decode(list(cand.ids))
+                        if _WORD.search(text) and text not in found[i]:
+                            found[i][text] = cand.mean_logprob
+        return [list(f.items()) for f in found]
+
+    def shrink(self, config: GenerationConfig, sources: int) -> GenerationConfig:
+        """``config`` with at most ``max_rows // sources`` (at least 1) decoding rows per source."""
+        rows = max(1, self.max_rows // max(1, sources))
+        if config.strategy == "beam":
+            beams = min(config.num_beams, rows)
+            return config.with_(num_beams=beams, num_candidates=min(config.num_candidates, beams))
+        return config.with_(num_candidates=min(config.num_candidates, rows))
 
     def retrieved(self, source: list[int], context_vec: np.ndarray) -> list[tuple[str, float]]:
         """Top real replies from the index, scored by the generator (mean token log-prob)."""
-        if self.index is None:
-            return []
-        texts = [t for t, _ in self.index.search(context_vec, self.retrieve_k)]
-        targets = [self.codec.encode(t)[:40] + [self.model.eos_id] for t in texts]
-        logp = self.model.score([source] * len(targets), targets)
-        return [(t, float(lp.sum() / len(tg))) for t, lp, tg in zip(texts, logp, targets)]
+        return self.retrieved_batch([source], [context_vec])[0]
+
+    def retrieved_batch(self, sources: list[list[int]], context_vecs: list[np.ndarray]) -> list[list[tuple[str, float]]]:
+        """:meth:`retrieved` for several sources, scored in one decoder run (fewer per source under load)."""
+        if self.index is None or not sources:
+            return [[] for _ in sources]
+        k = min(self.retrieve_k, max(1, self.max_rows // len(sources)))
+        texts = [[t for t, _ in self.index.search(vec, k)] for vec in context_vecs]
+        pairs = [(i, t, self.codec.encode(t)[:40] + [self.model.eos_id]) for i, ts in enumerate(texts) for t in ts]
+        logp = self.model.score([sources[i] for i, _, _ in pairs], [tg for _, _, tg in pairs])
+        out: list[list[tuple[str, float]]] = [[] for _ in sources]
+        for (i, text, target), lp in zip(pairs, logp):
+            out[i].append((text, float(lp.sum() / len(target))))
+        return out
 
     def features(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]],
-                 profile: np.ndarray | None, recent: list[str]) -> CandidateFeatures:
+                 profile: np.ndarray | None, recent: list[str], vectors: np.ndarray | None = None) -> CandidateFeatures:
         """Score parts of ``cands`` ((text, mean log-prob) pairs); without an encoder (``context_vec``
-        None) ranker and profile parts are 0."""
+        None) ranker and profile parts are 0. ``vectors``: the embeddings of the candidate texts then
+        of ``recent``, when the caller embedded them already."""
         texts = [t for t, _ in cands]
         gen = np.array([s for _, s in cands], dtype=np.float32)
         seen = {t.lower() for t in recent}
@@ -153,7 +200,7 @@ class Replier:
             ranker = np.zeros(len(texts), dtype=np.float32)
             prof = np.zeros(len(texts), dtype=np.float32)
         else:
-            vecs = self.encoder.embed(texts + recent)
+            vecs = self.encoder.embed(texts + recent) if vectors is None else vectors
             vecs, recent_vecs = vecs[: len(texts)], vecs[len(texts):]
             ranker = vecs @ context_vec
             prof = recommender_score(profile, vecs)
@@ -167,9 +214,9 @@ class Replier:
         return replace(self.weights, **{k: getattr(self.weights, k) * v for k, v in scale.items()})
 
     def rank(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]], profile: np.ndarray | None,
-             recent: list[str], style: str = "balanced") -> list[ScoredReply]:
+             recent: list[str], style: str = "balanced", vectors: np.ndarray | None = None) -> list[ScoredReply]:
         """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn loses 1."""
-        f = self.features(context_vec, cands, profile, recent)
+        f = self.features(context_vec, cands, profile, recent, vectors)
         scores = self.weights_for(style).score(f)
         return [ScoredReply(f.texts[i], float(scores[i]), float(f.ranker[i]), float(f.generator[i]),
                             float(f.profile[i])) for i in np.argsort(-scores)]
@@ -178,17 +225,48 @@ class Replier:
         """Sentence vector of the last two turns (None without an encoder)."""
         if self.encoder is None or not turns:
             return None
-        return self.encoder.embed([" ".join(t.text for t in turns[-2:])])[0]
+        return self.encoder.embed([context_text(turns)])[0]
 
     def reply(self, turns: list[Turn], persona: list[str], user_facts: list[str],
               profile: np.ndarray | None, style: str = "balanced") -> ScoredReply:
         """The best reply to the last turn, among generated and retrieved candidates."""
-        source = self.source_ids(turns, persona, user_facts)
-        context_vec = self.context_vector(turns)
-        cands = dict(self.candidates(source, style))
-        if context_vec is not None:
-            for text, score in self.retrieved(source, context_vec):
-                cands.setdefault(text, score)
-        if not cands:
-            return ScoredReply("Sorry, I'm lost for words. Could you say that another way?", 0.0, 0.0, 0.0, 0.0)
-        return self.rank(context_vec, list(cands.items()), profile, [t.text for t in turns[-4:]], style)[0]
+        return self.reply_batch([ReplyRequest(turns, persona, user_facts, profile, style)])[0][0]
+
+    def reply_batch(self, requests: list[ReplyRequest]) -> list[tuple[ScoredReply | None, np.ndarray | None]]:
+        """For each request: the best reply (None where ``needs_reply`` is False) and the embedding of
+        its message (None without an encoder). All requests share each encoder and decoder run."""
+        asking = [i for i, r in enumerate(requests) if r.needs_reply and r.turns]
+        replies: dict[int, ScoredReply] = {}
+        message_vecs: list[np.ndarray | None] = [None] * len(requests)
+        context_vecs: dict[int, np.ndarray] = {}
+        if self.encoder is not None:
+            embedded = self.encoder.embed([r.message for r in requests] +
+                                          [context_text(requests[i].turns) for i in asking])
+            message_vecs = list(embedded[: len(requests)])
+            context_vecs = dict(zip(asking, embedded[len(requests):]))
+        sources = [self.source_ids(requests[i].turns, requests[i].persona, requests[i].user_facts) for i in asking]
+        generated = self.candidates_batch(sources, [requests[i].style for i in asking])
+        pools = [dict(g) for g in generated]
+        if context_vecs:
+            for pool, found in zip(pools, self.retrieved_batch(sources, [context_vecs[i] for i in asking])):
+                for text, score in found:
+                    pool.setdefault(text, score)
+        recents = [[t.text for t in requests[i].turns[-4:]] for i in asking]
+        vectors: list[np.ndarray | None] = [None] * len(asking)
+        if context_vecs:
+            flat = self.encoder.embed([t for pool, recent in zip(pools, recents) for t in [*pool, *recent]])
+            offsets = np.cumsum([0] + [len(pool) + len(recent) for pool, recent in zip(pools, recents)])
+            vectors = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        for n, i in enumerate(asking):
+            req = requests[i]
+            if not pools[n]:
+                replies[i] = ScoredReply(LOST_FOR_WORDS, 0.0, 0.0, 0.0, 0.0)
+                continue
+            replies[i] = self.rank(context_vecs.get(i), list(pools[n].items()), req.profile, recents[n],
+                                   req.style, vectors[n])[0]
+        return [(replies.get(i), message_vecs[i]) for i in range(len(requests))]
+
+
+def context_text(turns: list[Turn]) -> str:
+    """What the ranker embeds as the context: the last two turns."""
+    return " ".join(t.text for t in turns[-2:])

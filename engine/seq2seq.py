@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetition_penalty, log_softmax,
-                         top_k_top_p_filter)
+                         nucleus_sample)
 
 
 @dataclass(frozen=True)
@@ -127,29 +127,28 @@ class Seq2SeqModel:
                 new_past[name.replace("present", "past_key_values")] = value
         return outputs[0][:, -1, :], new_past
 
+    def pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded ids and attention mask, (len(rows), longest row)."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], mask[i, : len(r)] = r, 1
+        return ids, mask
+
     def score(self, sources: list[list[int]], targets: list[list[int]]) -> np.ndarray:
         """Per-token log-probabilities of each target given its source, teacher-forced in one batch.
 
-        Returns (batch, max target length) with 0 where a target is shorter.
+        Returns (batch, max target length) with 0 where a target is shorter. Each distinct source
+        is encoded once.
         """
-        def pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-            width = max(len(r) for r in rows)
-            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for i, r in enumerate(rows):
-                ids[i, : len(r)], mask[i, : len(r)] = r, 1
-            return ids, mask
-
-        dec, _ = pad([[self.decoder_start_id, *t[:-1]] for t in targets])
-        tgt, tgt_mask = pad(targets)
-        if all(s == sources[0] for s in sources):  # one context, many candidates: encode once
-            src, src_mask = pad(sources[:1])
-            hidden = np.repeat(self.encode(src, src_mask), len(sources), 0)
-            src_mask = np.repeat(src_mask, len(sources), 0)
-        else:
-            src, src_mask = pad(sources)
-            hidden = self.encode(src, src_mask)
-        logits = self.decoder.run(None, self._feed(self.decoder, dec, hidden, src_mask, {}, False))[0]
+        dec, _ = self.pad([[self.decoder_start_id, *t[:-1]] for t in targets])
+        tgt, tgt_mask = self.pad(targets)
+        distinct: dict[tuple[int, ...], int] = {}
+        rows = [distinct.setdefault(tuple(s), len(distinct)) for s in sources]
+        src, src_mask = self.pad([list(s) for s in distinct])
+        hidden = self.encode(src, src_mask)[rows]
+        logits = self.decoder.run(None, self._feed(self.decoder, dec, hidden, src_mask[rows], {}, False))[0]
         logp = log_softmax(logits.astype(np.float32))
         picked = np.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
         return picked * tgt_mask
@@ -157,13 +156,18 @@ class Seq2SeqModel:
     # --- decoding ---------------------------------------------------------------------------------
     def generate(self, source_ids: list[int], config: GenerationConfig = GenerationConfig()) -> list[Candidate]:
         """Candidates for one source, best first (greedy: 1, beam: up to num_candidates, sample: num_candidates)."""
-        ids = np.asarray([source_ids], dtype=np.int64)
-        mask = np.ones_like(ids)
+        return self.generate_batch([source_ids], config)[0]
+
+    def generate_batch(self, sources: list[list[int]], config: GenerationConfig) -> list[list[Candidate]]:
+        """:meth:`generate` for several sources decoded together: one encoder run, and one decoder run
+        per step for every row of every source (the batch that makes concurrent users cheap)."""
+        ids, mask = self.pad(sources)
         hidden = self.encode(ids, mask)
         if config.strategy == "beam":
             return self._beam_search(hidden, mask, config)
-        rows = 1 if config.strategy == "greedy" else config.num_candidates
-        return self._sample_or_greedy(np.repeat(hidden, rows, 0), np.repeat(mask, rows, 0), config)
+        per = 1 if config.strategy == "greedy" else config.num_candidates
+        rows = self._sample_or_greedy(np.repeat(hidden, per, 0), np.repeat(mask, per, 0), config)
+        return [sorted(rows[i * per: (i + 1) * per], key=lambda c: -c.mean_logprob) for i in range(len(sources))]
 
     def _process(self, logits: np.ndarray, seqs: list[list[int]], config: GenerationConfig, step: int) -> np.ndarray:
         logits = logits.astype(np.float32, copy=True)
@@ -174,6 +178,7 @@ class Seq2SeqModel:
         return logits
 
     def _sample_or_greedy(self, hidden, mask, config: GenerationConfig) -> list[Candidate]:
+        """One candidate per row of ``hidden``, in row order."""
         rows = hidden.shape[0]
         rng = np.random.default_rng(config.seed)
         deadline = None if config.time_budget_s is None else time.perf_counter() + config.time_budget_s
@@ -188,9 +193,7 @@ class Seq2SeqModel:
             if config.strategy == "greedy":
                 chosen = processed.argmax(-1)
             else:
-                filtered = top_k_top_p_filter(processed / config.temperature, config.top_k, config.top_p)
-                probs = np.exp(log_softmax(filtered))
-                chosen = np.array([rng.choice(probs.shape[-1], p=p / p.sum()) for p in probs])
+                chosen = nucleus_sample(processed / config.temperature, config.top_k, config.top_p, rng)
             for r in range(rows):
                 if not done[r]:
                     seqs[r].append(int(chosen[r]))
@@ -200,54 +203,67 @@ class Seq2SeqModel:
                 break
             tokens = np.where(done, self.eos_id, chosen)[:, None]
             logits, past = self.next_step(tokens, hidden, mask, past)
-        cands = [Candidate(tuple(s[1:]), float(sc)) for s, sc in zip(seqs, scores)]
-        return sorted(cands, key=lambda c: -c.mean_logprob)
+        return [Candidate(tuple(s[1:]), float(sc)) for s, sc in zip(seqs, scores)]
 
-    def _beam_search(self, hidden, mask, config: GenerationConfig) -> list[Candidate]:
-        beams = config.num_beams
+    def _beam_search(self, hidden, mask, config: GenerationConfig) -> list[list[Candidate]]:
+        """Beam search for every source row of ``hidden`` at once; the live beams of all sources
+        share each decoder run. Returns each source's finished candidates, best first."""
+        sources, beams = hidden.shape[0], config.num_beams
         deadline = None if config.time_budget_s is None else time.perf_counter() + config.time_budget_s
-        tokens = np.full((1, 1), self.decoder_start_id)
-        logits, past = self.first_step(tokens, hidden, mask)
-        seqs: list[list[int]] = [[self.decoder_start_id]]
-        scores = np.zeros(1)
-        finished: list[tuple[float, Candidate]] = []
+        logits, past = self.first_step(np.full((sources, 1), self.decoder_start_id), hidden, mask)
+        owner = np.arange(sources)  # source of each live row
+        seqs: list[list[int]] = [[self.decoder_start_id] for _ in range(sources)]
+        scores = np.zeros(sources)
+        finished: list[list[tuple[float, Candidate]]] = [[] for _ in range(sources)]
+
+        def finish(src: int, seq: list[int], score: float) -> None:
+            cand = Candidate(tuple(seq[1:]), float(score))
+            finished[src].append((cand.logprob / max(1, len(cand.ids)) ** config.length_penalty, cand))
+
         for step in range(config.max_new_tokens):
-            logp = log_softmax(self._process(logits, seqs, config, step))
-            total = (scores[:, None] + logp).ravel()
-            vocab = logp.shape[-1]
-            order = np.argsort(-total)[: 2 * beams]
+            total = scores[:, None] + log_softmax(self._process(logits, seqs, config, step))  # (rows, vocab)
+            vocab = total.shape[-1]
+            last = step == config.max_new_tokens - 1 or (deadline is not None and time.perf_counter() > deadline)
             next_rows, next_seqs, next_scores = [], [], []
-            for flat in order:
-                row, tok = divmod(int(flat), vocab)
-                if not np.isfinite(total[flat]):
-                    break
-                seq = seqs[row] + [tok]
-                if tok == self.eos_id:
-                    cand = Candidate(tuple(seq[1:]), float(total[flat]))
-                    finished.append((cand.logprob / len(cand.ids) ** config.length_penalty, cand))
-                else:
+            for src in np.unique(owner):
+                rows = np.nonzero(owner == src)[0]
+                flat = total[rows].ravel()
+                width = min(2 * beams, flat.size)
+                top = np.argpartition(-flat, width - 1)[:width]
+                kept: list[tuple[int, list[int], float]] = []
+                for f in top[np.argsort(-flat[top], kind="stable")]:
+                    if not np.isfinite(flat[f]):
+                        break
+                    local, tok = divmod(int(f), vocab)
+                    seq = seqs[rows[local]] + [tok]
+                    if tok == self.eos_id:
+                        finish(src, seq, flat[f])
+                    else:
+                        kept.append((rows[local], seq, float(flat[f])))
+                    if len(kept) == beams:
+                        break
+                best_open = kept[0][2] / (step + 1) ** config.length_penalty if kept else -np.inf
+                done = len(finished[src]) >= beams and max(s for s, _ in finished[src]) >= best_open
+                if last or done or not kept:
+                    for _, seq, score in kept:
+                        finish(src, seq, score)
+                    continue
+                for row, seq, score in kept:
                     next_rows.append(row)
                     next_seqs.append(seq)
-                    next_scores.append(total[flat])
-                if len(next_rows) == beams:
-                    break
-            best_open = next_scores[0] / (step + 1) ** config.length_penalty if next_scores else -np.inf
-            enough = len(finished) >= beams and max(s for s, _ in finished) >= best_open
-            out_of_time = deadline is not None and time.perf_counter() > deadline
-            if not next_rows or enough or out_of_time or step == config.max_new_tokens - 1:
+                    next_scores.append(score)
+            if not next_rows:
                 break
             index = np.asarray(next_rows)
-            seqs, scores = next_seqs, np.asarray(next_scores)
-            past = {k: (v[index] if ".decoder." in k else v[:1].repeat(len(index), 0)) for k, v in past.items()}
-            rows_hidden = np.repeat(hidden[:1], len(index), 0)
-            rows_mask = np.repeat(mask[:1], len(index), 0)
+            owner, seqs, scores = owner[index], next_seqs, np.asarray(next_scores)
+            past = {k: v[index] for k, v in past.items()}
             tokens = np.asarray([[s[-1]] for s in seqs])
-            logits, past = self.next_step(tokens, rows_hidden, rows_mask, past)
-        for seq, score in zip(next_seqs, next_scores):
-            cand = Candidate(tuple(seq[1:]), float(score))
-            finished.append((cand.logprob / max(1, len(cand.ids)) ** config.length_penalty, cand))
-        finished.sort(key=lambda x: -x[0])
-        unique: dict[tuple[int, ...], Candidate] = {}
-        for _, cand in finished:
-            unique.setdefault(cand.ids, cand)
-        return list(unique.values())[: config.num_candidates]
+            logits, past = self.next_step(tokens, hidden[owner], mask[owner], past)
+        out = []
+        for cands in finished:
+            cands.sort(key=lambda x: -x[0])
+            unique: dict[tuple[int, ...], Candidate] = {}
+            for _, cand in cands:
+                unique.setdefault(cand.ids, cand)
+            out.append(list(unique.values())[: config.num_candidates])
+        return out

@@ -1,0 +1,75 @@
+"""Dynamic batching: requests of users who write at the same time are answered in one batch.
+
+The first request of an idle batcher waits ``max_wait_s`` for company, then every request queued
+so far (up to ``max_batch``) goes through :meth:`Replier.reply_batch` on the one inference thread.
+While a batch runs, new requests queue and form the next one, so under load batches grow by
+themselves and at one user the only cost is the short wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .replier import Replier, ReplyRequest, ScoredReply
+
+log = logging.getLogger("rapport.batcher")
+
+Result = tuple[ScoredReply | None, np.ndarray | None]
+
+
+class InferenceBatcher:
+    """Queues :class:`ReplyRequest` s from the event loop and answers them in batches on one thread."""
+
+    def __init__(self, replier: Replier, max_batch: int = 64, max_wait_s: float = 0.005) -> None:
+        self.replier = replier
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.batch_sizes: list[int] = []  # sizes of the batches run so far (for benchmarks and tests)
+        self._queue: list[tuple[ReplyRequest, asyncio.Future]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-infer")
+        self._runner: asyncio.Task | None = None
+
+    async def submit(self, request: ReplyRequest) -> Result:
+        """The reply (None if ``needs_reply`` is False) and the message embedding for ``request``."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            if self.max_wait_s > 0:
+                await asyncio.sleep(self.max_wait_s)
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            batch = [(req, fut) for req, fut in batch if not fut.done()]  # skip cancelled callers
+            if not batch:
+                continue
+            self.batch_sizes.append(len(batch))
+            results = await loop.run_in_executor(self._executor, self._run, [req for req, _ in batch])
+            for (_, future), result in zip(batch, results):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def _run(self, requests: list[ReplyRequest]) -> list[Result | BaseException]:
+        """One batch; if it fails, each request alone, so one bad request cannot fail the others."""
+        try:
+            return list(self.replier.reply_batch(requests))
+        except Exception:
+            if len(requests) == 1:
+                log.exception("reply failed")
+                return [RuntimeError("the reply could not be computed")]
+            log.exception("a batch of %d failed; answering its requests one by one", len(requests))
+            return [r for req in requests for r in self._run([req])]
+
+    def close(self) -> None:
+        """Stop the inference thread (after the batch that is running)."""
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,90 @@
+"""Batched decoding and the engine's dynamic batcher, on the shipped model."""
+import asyncio
+
+import numpy as np
+
+from bots.fake import FakeAdapter
+from engine.batcher import InferenceBatcher
+from engine.engine import Engine
+from engine.generation import GenerationConfig, nucleus_sample
+from engine.prompt import Turn
+from engine.replier import ReplyRequest
+from engine.store import UserRef
+
+TEXTS = ["hi, how are you today?", "what do you do for fun? i like hiking a lot", "i'm so tired of school",
+         "do you like pizza?", "tell me about your family, do you have brothers or sisters?"]
+
+
+def sources(replier):
+    return [replier.source_ids([Turn(t, True)], ["i like music"], []) for t in TEXTS]
+
+
+def test_batched_greedy_equals_one_at_a_time(replier):
+    srcs = sources(replier)
+    config = GenerationConfig("greedy", max_new_tokens=16)
+    alone = [replier.model.generate(s, config)[0] for s in srcs]
+    together = [c[0] for c in replier.model.generate_batch(srcs, config)]
+    assert sum(a.ids == b.ids for a, b in zip(alone, together)) >= 4  # int8 noise may flip one near-tie
+    ids, mask = replier.model.pad(srcs)
+    batch_logits, _ = replier.model.first_step(np.full((len(srcs), 1), replier.model.decoder_start_id),
+                                               replier.model.encode(ids, mask), mask)
+    for row, src in enumerate(srcs):  # padding does not change what a source sees
+        one_ids, one_mask = replier.model.pad([src])
+        one, _ = replier.model.first_step(np.full((1, 1), replier.model.decoder_start_id),
+                                          replier.model.encode(one_ids, one_mask), one_mask)
+        assert np.abs(one[0] - batch_logits[row]).max() < 0.05
+
+
+def test_batched_beam_search_keeps_each_sources_beams(replier):
+    srcs = sources(replier)
+    config = GenerationConfig("beam", max_new_tokens=20, num_beams=3, num_candidates=3, no_repeat_ngram_size=3)
+    together = replier.model.generate_batch(srcs, config)
+    assert len(together) == len(srcs) and all(1 <= len(c) <= 3 for c in together)
+    alone = [replier.model.generate(s, config) for s in srcs]
+    assert sum(a[0].ids == b[0].ids for a, b in zip(alone, together)) >= 4
+    for cands in together:
+        scores = [c.logprob / len(c.ids) for c in cands]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_nucleus_sampling_keeps_to_the_nucleus():
+    rng = np.random.default_rng(0)
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
+    counts = np.bincount(nucleus_sample(logits, 0, 0.7, rng, shortlist=2), minlength=4) / 4000
+    assert counts[2:].sum() == 0 and abs(counts[0] - 0.5 / 0.8) < 0.03
+    wide = np.log(np.full((200, 50), 1 / 50))  # the nucleus is wider than the shortlist: full-row fallback
+    assert len(set(nucleus_sample(wide, 0, 0.95, rng, shortlist=4).tolist())) > 10
+
+
+def test_under_load_each_user_gets_fewer_rows(replier):
+    beam = GenerationConfig("beam", num_beams=4, num_candidates=4)
+    assert replier.shrink(beam, 1).num_beams == 4
+    assert replier.shrink(beam, replier.max_rows).num_beams == 1
+    assert replier.shrink(GenerationConfig("sample", num_candidates=4), 10).num_candidates == replier.max_rows // 10
+
+
+async def test_concurrent_users_are_batched_and_answered_apart(settings, replier):
+    async with Engine.from_settings(settings, replier=replier) as engine:
+        bot = FakeAdapter(engine)
+        replies = await asyncio.gather(*(bot.send(f"b{k}", text) for k, text in enumerate(TEXTS)))
+        assert all(r.text for r in replies) and [r.user_id for r in replies] == [f"b{k}" for k in range(5)]
+        assert max(engine.batcher.batch_sizes) > 1
+        for k, text in enumerate(TEXTS):  # each history holds its own message and its own reply
+            history = await engine.store.history(engine_ref(k))
+            assert [t.text for t in history] == [text, replies[k].text]
+
+
+def engine_ref(k):
+    return UserRef("fake", f"b{k}", f"b{k}")
+
+
+async def test_one_bad_request_does_not_fail_the_batch(replier):
+    batcher = InferenceBatcher(replier, max_wait_s=0.05)
+    good = ReplyRequest([Turn("do you like pizza?", True)], [], [], None)
+    corrupt = ReplyRequest([Turn("hi there", True)], [], [], np.ones(7, dtype=np.float32))  # wrong dimension
+    results = await asyncio.gather(batcher.submit(good), batcher.submit(corrupt), batcher.submit(good),
+                                   return_exceptions=True)
+    batcher.close()
+    assert batcher.batch_sizes[0] == 3
+    assert results[0][0].text and results[2][0].text
+    assert isinstance(results[1], RuntimeError)
