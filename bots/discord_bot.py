@@ -19,8 +19,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
 from engine.config import ConfigError, Settings
-from engine.engine import Engine
-from engine.messages import IncomingMessage
+from engine.messages import DUPLICATE, IncomingMessage, Responder
 
 from .split import split_message
 
@@ -40,7 +39,7 @@ def point_at(api_url: str, gateway_url: str) -> None:
 class RapportDiscordClient(discord.Client):
     """Discord events -> ``IncomingMessage`` -> engine -> replies that cannot ping anyone."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Responder, settings: Settings) -> None:
         if not settings.discord_token:
             raise ConfigError("DISCORD_BOT_TOKEN is not set: create an application in the Discord Developer "
                               "Portal, add a bot, and put its token in the environment or in .env")
@@ -100,6 +99,8 @@ class RapportDiscordClient(discord.Client):
                                    timestamp=message.created_at.timestamp(), is_private=message.guild is None)
         async with message.channel.typing():
             out = await self.engine.handle(incoming)
+        if out.kind == DUPLICATE:
+            return
         for i, piece in enumerate(split_message(out.text, MESSAGE_LIMIT)):
             reference = message if (i == 0 and message.guild is not None) else None
             await message.channel.send(piece, reference=reference, mention_author=False, allowed_mentions=NO_PINGS)
@@ -111,6 +112,8 @@ class RapportDiscordClient(discord.Client):
                                    user_name=interaction.user.display_name, message_id=str(interaction.id),
                                    is_private=interaction.guild_id is None)
         out = await self.engine.handle(incoming)
+        if out.kind == DUPLICATE:
+            return
         for piece in split_message(out.text, MESSAGE_LIMIT):
             await interaction.followup.send(piece, ephemeral=ephemeral, allowed_mentions=NO_PINGS)
 
@@ -118,7 +121,7 @@ class RapportDiscordClient(discord.Client):
         log.exception("discord event %s failed", event)
 
 
-async def run_discord(engine: Engine, settings: Settings, stop: asyncio.Event) -> None:
+async def run_discord(engine: Responder, settings: Settings, stop: asyncio.Event) -> None:
     """Run the bot until ``stop`` is set; a rejected token is a clear error."""
     client = RapportDiscordClient(engine, settings)
     try:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 from collections import defaultdict
 from typing import BinaryIO, TextIO
 
-from engine.engine import Engine
-from engine.messages import IncomingMessage, OutgoingMessage
+from engine.messages import DUPLICATE, IncomingMessage, OutgoingMessage, Responder
 
 PLATFORM = "fake"
 
@@ -15,18 +15,22 @@ PLATFORM = "fake"
 class FakeAdapter:
     """Sends messages to the engine as named users and collects every reply per chat."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Responder) -> None:
         self.engine = engine
         self.outbox: dict[str, list[OutgoingMessage]] = defaultdict(list)
+        self._session = secrets.token_hex(4)  # message ids stay unique across adapter restarts
         self._next_id = 0
 
     async def send(self, user_id: str, text: str, chat_id: str | None = None, user_name: str = "",
-                   is_private: bool = True) -> OutgoingMessage:
-        """Deliver ``text`` from ``user_id`` (in ``chat_id``, default the user's private chat)."""
+                   is_private: bool = True, message_id: str | None = None) -> OutgoingMessage:
+        """Deliver ``text`` from ``user_id`` (in ``chat_id``, default the user's private chat). A repeated
+        ``message_id`` is a platform redelivery: the engine answers it with kind "duplicate"."""
         self._next_id += 1
         msg = IncomingMessage(PLATFORM, chat_id or user_id, user_id, text, user_name=user_name,
-                              message_id=str(self._next_id), is_private=is_private)
+                              message_id=message_id or f"{self._session}-{self._next_id}", is_private=is_private)
         out = await self.engine.handle(msg)
+        if out.kind == DUPLICATE:
+            return out
         self.outbox[out.chat_id].append(out)
         return out
 
@@ -36,7 +40,7 @@ def one_line(text: str) -> str:
     return " | ".join(line for line in text.splitlines() if line.strip())
 
 
-async def terminal_chat(engine: Engine, user_id: str, user_name: str, stdin: BinaryIO, stdout: TextIO,
+async def terminal_chat(engine: Responder, user_id: str, user_name: str, stdin: BinaryIO, stdout: TextIO,
                         interactive: bool) -> None:
     """Chat on the terminal; with piped input, print exactly one reply line per input line."""
     adapter = FakeAdapter(engine)

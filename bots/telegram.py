@@ -20,8 +20,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Contex
 
 from engine.commands import COMMANDS
 from engine.config import ConfigError, Settings
-from engine.engine import Engine
-from engine.messages import IncomingMessage
+from engine.messages import DUPLICATE, IncomingMessage, Responder
 
 from .split import split_message
 
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 class TelegramAdapter:
     """Telegram updates -> ``IncomingMessage`` -> engine -> plain-text replies."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Responder, settings: Settings) -> None:
         if not settings.telegram_token:
             raise ConfigError("TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and put its token "
                               "in the environment or in .env")
@@ -121,6 +120,8 @@ class TelegramAdapter:
                                    is_private=msg.chat.type == ChatType.PRIVATE)
         async with self.typing(msg.chat.id):
             out = await self.engine.handle(incoming)
+        if out.kind == DUPLICATE:
+            return
         reply_to = None if incoming.is_private else ReplyParameters(msg.message_id, allow_sending_without_reply=True)
         for piece in split_message(out.text, MESSAGE_LIMIT):
             await self.send(msg.chat.id, piece, reply_to)
@@ -162,7 +163,7 @@ class TelegramAdapter:
                 await context.bot.send_message(update.effective_chat.id, SORRY)
 
 
-async def run_telegram(engine: Engine, settings: Settings, stop: asyncio.Event) -> None:
+async def run_telegram(engine: Responder, settings: Settings, stop: asyncio.Event) -> None:
     """Run the adapter until ``stop`` is set."""
     adapter = TelegramAdapter(engine, settings)
     await adapter.start()

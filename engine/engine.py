@@ -14,7 +14,7 @@ from .commands import MAX_FACTS, CommandContext, parse_command, run_command
 from .config import Settings
 from .facts import extract_facts
 from .memory import answer_from_memory
-from .messages import IncomingMessage, OutgoingMessage
+from .messages import DUPLICATE, IncomingMessage, OutgoingMessage
 from .profile import update_profile
 from .prompt import Turn
 from .redis_server import EmbeddedRedis
@@ -85,13 +85,24 @@ class Engine:
 
     # --- the one entry point -------------------------------------------------------------------------
     async def handle(self, msg: IncomingMessage) -> OutgoingMessage:
-        """Answer one message. Messages of one user are answered in arrival order."""
+        """Answer one message. Messages of one user are answered in arrival order; a message the
+        platform delivers twice (same message id) is answered once (the repeat gets kind "duplicate")."""
+        return await self._in_order(msg, dedupe=True)
+
+    async def answer(self, msg: IncomingMessage) -> OutgoingMessage:
+        """Answer ``msg`` without the duplicate check (split-mode workers: the gateway did it). Safe to
+        repeat: a message whose reply is already in the history gets that reply again."""
+        return await self._in_order(msg, dedupe=False)
+
+    async def _in_order(self, msg: IncomingMessage, dedupe: bool) -> OutgoingMessage:
         ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
         lock = self._local_locks.setdefault(ref.user, asyncio.Lock())
         self._waiters[ref.user] = self._waiters.get(ref.user, 0) + 1
         try:
             async with lock:
                 try:
+                    if dedupe and msg.message_id and not await self.store.first_delivery(ref, msg.message_id):
+                        return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id, DUPLICATE)
                     linked = await self.store.resolve(ref)
                     async with self.store.user_lock(linked, self.settings.lock_timeout_s):
                         text, kind = await self._answer(linked, msg)
@@ -118,13 +129,17 @@ class Engine:
         if call is not None:
             ctx = CommandContext(self.store, ref, self.settings.bot_name, msg.user_name)
             return await run_command(call, ctx), "command"
-        reply = await self._converse(ref, text)
+        reply = await self._converse(ref, text, msg.message_id)
         if cut:
             reply += TOO_LONG.format(n=self.settings.max_message_chars)
         return reply, "reply"
 
-    async def _converse(self, ref: UserRef, text: str) -> str:
+    async def _converse(self, ref: UserRef, text: str, message_id: str = "") -> str:
         history = await self.store.history(ref)
+        if message_id:  # answered already (a worker died before delivering): the same reply again
+            for turn, after in zip(history, history[1:]):
+                if turn.role == "user" and turn.mid == message_id and after.role == "bot":
+                    return after.text
         facts = await self.store.facts(ref)
         new_facts = [f for f in extract_facts(text) if f not in facts]
         if new_facts:
@@ -143,7 +158,7 @@ class Engine:
             vector, seen = update_profile(vector, seen, message_vec)
             await self.store.set_vector(ref, vector, seen)
         now = time.time()
-        await self.store.append_turns(ref, [StoredTurn("user", text, now), StoredTurn("bot", reply, now)],
+        await self.store.append_turns(ref, [StoredTurn("user", text, now, message_id), StoredTurn("bot", reply, now)],
                                       self._tokens)
         return reply
 

@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+
+DUPLICATE = "duplicate"  # OutgoingMessage.kind of a repeated delivery: adapters send nothing
 
 
 @dataclass(frozen=True)
@@ -36,4 +43,13 @@ class OutgoingMessage:
     user_id: str
     text: str
     reply_to: str = ""
-    kind: str = "reply"  # reply | command | notice (rate limit, error, busy)
+    kind: str = "reply"  # reply | command | notice (rate limit, error, busy) | duplicate (send nothing)
+
+
+class Responder(Protocol):
+    """What adapters talk to: the in-process :class:`~engine.engine.Engine`, or in split mode the
+    :class:`~engine.streams.StreamGateway` that hands messages to workers over Redis Streams."""
+
+    settings: "Settings"
+
+    async def handle(self, msg: IncomingMessage) -> OutgoingMessage: ...

@@ -14,6 +14,7 @@ Key schema (``P`` is the prefix, ``U`` = ``{platform}:{user_id}``, ``C`` = ``{pl
   P:link:U       string, the owner O whose profile U uses      until /forget
   P:linked:O     set of the accounts linked to O               until /forget
   P:linkcode:K   string, the owner O that made one-time code K TTL link_code_ttl_s, deleted when used
+  P:msg:U:C:M    "1" once U's message M in chat C was accepted (drops platform retries)  TTL 1 day
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import AsyncIterator, Protocol
 import numpy as np
 import redis.asyncio as aioredis
 
+DEDUPE_TTL_S = 86400
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
 """
@@ -63,6 +65,14 @@ class StoredTurn:
     role: str  # "user" or "bot"
     text: str
     ts: float
+    mid: str = ""  # the platform's message id of a user turn (a redelivered message is answered from it)
+
+
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A client for ``url`` whose pool waits for a free connection rather than opening too many."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30,
+                                                   health_check_interval=30)
+    return aioredis.Redis(connection_pool=pool)
 
 
 class LockTimeout(RuntimeError):
@@ -90,6 +100,7 @@ class Store(Protocol):
     async def redeem_link_code(self, code: str) -> str | None: ...
     async def link(self, ref: UserRef, owner: str, max_facts: int) -> None: ...
     async def allow(self, ref: UserRef, per_minute: int) -> bool: ...
+    async def first_delivery(self, ref: UserRef, message_id: str) -> bool: ...
     def user_lock(self, ref: UserRef, timeout_s: float) -> "AsyncIterator[None]": ...
 
 
@@ -107,9 +118,10 @@ class RedisStore:
         self._release = self.r.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs) -> "RedisStore":
-        """Connect lazily to ``url`` (redis://host:port/db)."""
-        return cls(aioredis.from_url(url, decode_responses=False, health_check_interval=30), **kwargs)
+    def from_url(cls, url: str, max_connections: int = 64, **kwargs) -> "RedisStore":
+        """Connect lazily to ``url`` (redis://host:port/db); at most ``max_connections`` at once (more
+        concurrent calls wait for a free connection instead of failing)."""
+        return cls(connect(url, max_connections), **kwargs)
 
     async def ping(self) -> None:
         """Raise if the server cannot be reached."""
@@ -185,7 +197,7 @@ class RedisStore:
 
     async def forget_user(self, ref: UserRef) -> int:
         """Delete every key about the person: the profile, and for every linked account its history in
-        every chat, rate counters and link; returns keys deleted."""
+        every chat, rate counters, message-id markers and link; returns keys deleted."""
         accounts = {ref.user, ref.owner} | {a.decode() for a in await self.r.smembers(self._k("linked", ref.owner))}
         keys = [self._k(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")]
         for account in accounts:
@@ -194,7 +206,8 @@ class RedisStore:
                 chats.add(ref.chat)
             keys += [self._k("hist", chat, account) for chat in chats]
             keys += [self._k("chats", account), self._k("link", account)]
-            keys += [key.decode() async for key in self.r.scan_iter(match=self._k("rate", account, "*"), count=100)]
+            for kind in ("rate", "msg"):
+                keys += [key.decode() async for key in self.r.scan_iter(match=self._k(kind, account, "*"), count=100)]
         return int(await self.r.delete(*keys))
 
     # --- one person on several platforms -------------------------------------------------------------
@@ -242,6 +255,10 @@ class RedisStore:
         pipe.expire(key, 60)
         count, _ = await pipe.execute()
         return int(count) <= per_minute
+
+    async def first_delivery(self, ref: UserRef, message_id: str) -> bool:
+        """True the first time message ``message_id`` of ``ref``'s chat is seen (within a day)."""
+        return bool(await self.r.set(self._k("msg", ref.user, ref.chat, message_id), 1, nx=True, ex=DEDUPE_TTL_S))
 
     @asynccontextmanager
     async def user_lock(self, ref: UserRef, timeout_s: float) -> AsyncIterator[None]:

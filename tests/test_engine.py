@@ -90,6 +90,19 @@ async def test_fifty_concurrent_users_get_their_own_replies_in_order(engine):
                                                                     "tell me something fun"]
 
 
+async def test_a_redelivered_message_is_answered_once(engine):
+    bot = FakeAdapter(engine)
+    first = await bot.send("dup", "I like sailing", message_id="m1")
+    again = await bot.send("dup", "I like sailing", message_id="m1")
+    assert first.kind == "reply" and first.text
+    assert again.kind == "duplicate" and again.text == ""
+    assert len(bot.outbox["dup"]) == 1
+    assert [t.text for t in await engine.store.history(engine_ref("dup"))] == ["I like sailing", first.text]
+    same = await engine.answer(IncomingMessage("fake", "dup", "dup", "I like sailing", message_id="m1"))
+    assert same.text == first.text  # answering it again (a reclaimed stream entry) repeats the stored reply
+    assert len(await engine.store.history(engine_ref("dup"))) == 2
+
+
 BAD_INPUTS = ["", "   \n\t ", "x" * 100_000, "\x00\x01\x02 hello \x7f", "😀🎉🔥" * 50, "你好，你叫什么名字？",
               "مرحبا كيف حالك", "zero\u200bwidth\u200d\ufeff text", "\u202eevil rtl", b"bad \xff\xfe utf8".decode(
                   "utf-8", errors="surrogateescape"), "/", "/profile forget -1", "/profile forget 99999999999999999999",

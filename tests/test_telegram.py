@@ -135,8 +135,14 @@ async def test_webhook_mode(tg_settings, replier, api):
                                      headers={"Content-Type": "application/json",
                                               "X-Telegram-Bot-Api-Secret-Token": "s3cret"}) as r:
                     assert r.status == 200
-            sent = await api.wait_sent(1)
+                sent = await api.wait_sent(1)
+                async with http.post(f"http://127.0.0.1:{port}/tg-hook", data=json.dumps(update),
+                                     headers={"Content-Type": "application/json",
+                                              "X-Telegram-Bot-Api-Secret-Token": "s3cret"}) as r:
+                    assert r.status == 200  # Telegram redelivers an update it thinks failed
             assert sent[0]["chat_id"] == 5
+            await asyncio.sleep(1.0)
+            assert len(api.sent) == 1  # the redelivery is not answered twice
             assert "getUpdates" not in api.calls
         finally:
             await adapter.stop()
