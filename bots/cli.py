@@ -1,5 +1,8 @@
 """The ``rapport`` command line: ``rapport chat`` (terminal), ``rapport telegram``, ``rapport discord``,
-``rapport bots`` (every platform with a token, in one process)."""
+``rapport bots`` (every platform with a token, in one process), ``rapport worker`` (split mode).
+
+With ``RAPPORT_MODE=split`` the adapters hand messages to ``rapport worker`` processes over Redis
+Streams instead of running the model themselves."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +15,8 @@ from pathlib import Path
 
 from engine.config import ConfigError, Settings
 from engine.engine import Engine
+from engine.messages import Responder
+from engine.streams import StreamGateway, StreamWorker, split_redis_url
 
 from .fake import stdin_is_tty, terminal_chat
 
@@ -26,14 +31,14 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def run() -> None:
-        async with Engine.from_settings(settings) as engine:
+        async with responder(settings) as engine:
             await terminal_chat(engine, args.user, args.name, sys.stdin.buffer, sys.stdout, stdin_is_tty())
 
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
-    except ConnectionError as exc:
+    except (ConfigError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -42,13 +47,24 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
 PLATFORMS = ("telegram", "discord")
 
 
-async def _run_platforms(settings: Settings, platforms: list[str]) -> None:
-    """Run the adapters of ``platforms`` on one engine until SIGINT or SIGTERM."""
+def responder(settings: Settings) -> Engine | StreamGateway:
+    """What the adapters talk to: the engine in this process, or in split mode the stream gateway."""
+    return StreamGateway.from_settings(settings) if settings.mode == "split" else Engine.from_settings(settings)
+
+
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Engine.from_settings(settings) as engine:
+    return stop
+
+
+async def _run_platforms(settings: Settings, platforms: list[str]) -> None:
+    """Run the adapters of ``platforms`` on one engine (or stream gateway) until SIGINT or SIGTERM."""
+    stop = _stop_on_signals()
+    engine: Responder
+    async with responder(settings) as engine:
         runners = []
         for name in platforms:
             if name == "telegram":
@@ -81,6 +97,25 @@ def _bots(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+
+    async def run() -> None:
+        split_redis_url(settings)
+        stop = _stop_on_signals()
+        async with Engine.from_settings(settings) as engine:
+            worker = StreamWorker(engine)
+            logging.getLogger("rapport.worker").info("worker %s serving %s", worker.name, settings.redis_url)
+            await worker.run(stop)
+
+    try:
+        asyncio.run(run())
+    except (ConfigError, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``rapport``."""
     parser = argparse.ArgumentParser(prog="rapport", description="Rapport, a personalized chatbot.")
@@ -98,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("discord", "run the Discord bot (DISCORD_BOT_TOKEN; needs the message-content intent)"),
                        ("bots", "run every platform whose token is set, in one process")):
         sub.add_parser(name, help=text, description=text + ". Stops cleanly on SIGINT/SIGTERM.").set_defaults(run=_bots)
+    text = "run an engine worker for split mode (REDIS_URL; adapters run with RAPPORT_MODE=split)"
+    sub.add_parser("worker", help=text, description=text + ". Start as many as you like, on any machine "
+                   "sharing the Redis server. Stops cleanly on SIGINT/SIGTERM.").set_defaults(run=_worker)
     return parser
 
 

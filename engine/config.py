@@ -57,6 +57,13 @@ class Settings:
     batch_max: int = 64
     batch_wait_ms: float = 5.0
     max_decode_rows: int = 32
+    mode: str = "single"
+    gateway_id: str | None = None
+    worker_name: str | None = None
+    worker_concurrency: int = 64
+    claim_idle_s: float = 30.0
+    order_timeout_s: float = 120.0
+    reply_timeout_s: float = 120.0
     max_message_chars: int = 4000
     profile_weight: float | None = None
     telegram_token: str | None = field(default=None, repr=False)
@@ -86,7 +93,10 @@ class Settings:
             "rate_limit_per_minute": "RAPPORT_RATE_LIMIT_PER_MINUTE", "lock_timeout_s": "RAPPORT_LOCK_TIMEOUT_S",
             "reply_time_budget_s": "RAPPORT_REPLY_TIME_BUDGET_S", "inference_threads": "RAPPORT_INFERENCE_THREADS",
             "batch_max": "RAPPORT_BATCH_MAX", "batch_wait_ms": "RAPPORT_BATCH_WAIT_MS",
-            "max_decode_rows": "RAPPORT_MAX_DECODE_ROWS",
+            "max_decode_rows": "RAPPORT_MAX_DECODE_ROWS", "mode": "RAPPORT_MODE",
+            "gateway_id": "RAPPORT_GATEWAY_ID", "worker_name": "RAPPORT_WORKER_NAME",
+            "worker_concurrency": "RAPPORT_WORKER_CONCURRENCY", "claim_idle_s": "RAPPORT_CLAIM_IDLE_S",
+            "order_timeout_s": "RAPPORT_ORDER_TIMEOUT_S", "reply_timeout_s": "RAPPORT_REPLY_TIMEOUT_S",
             "max_message_chars": "RAPPORT_MAX_MESSAGE_CHARS", "profile_weight": "RAPPORT_PROFILE_WEIGHT",
             "telegram_token": "TELEGRAM_BOT_TOKEN", "discord_token": "DISCORD_BOT_TOKEN",
             "telegram_api_url": "RAPPORT_TELEGRAM_API_URL", "telegram_mode": "RAPPORT_TELEGRAM_MODE",
@@ -118,6 +128,8 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{var}={raw!r} is not a valid {kind.split()[0]}") from exc
         settings = cls(**kwargs)
+        if settings.mode not in ("single", "split"):
+            raise ConfigError(f"RAPPORT_MODE must be single or split, got {settings.mode!r}")
         if settings.telegram_mode not in ("polling", "webhook"):
             raise ConfigError(f"RAPPORT_TELEGRAM_MODE must be polling or webhook, got {settings.telegram_mode!r}")
         return settings

@@ -5,14 +5,17 @@
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .batcher import InferenceBatcher
 from .commands import MAX_FACTS, CommandContext, parse_command, run_command
 from .config import Settings
 from .facts import extract_facts
+from .keyed_lock import KeyedLocks
 from .memory import answer_from_memory
 from .messages import DUPLICATE, IncomingMessage, OutgoingMessage
 from .profile import update_profile
@@ -41,8 +44,7 @@ class Engine:
         self.replier = replier
         self.embedded = embedded
         self.batcher = InferenceBatcher(replier, settings.batch_max, settings.batch_wait_ms / 1000)
-        self._local_locks: dict[str, asyncio.Lock] = {}
-        self._waiters: dict[str, int] = {}
+        self._user_locks = KeyedLocks()
 
     @classmethod
     def from_settings(cls, settings: Settings, replier: Replier | None = None) -> "Engine":
@@ -91,31 +93,30 @@ class Engine:
 
     async def answer(self, msg: IncomingMessage) -> OutgoingMessage:
         """Answer ``msg`` without the duplicate check (split-mode workers: the gateway did it). Safe to
-        repeat: a message whose reply is already in the history gets that reply again."""
+        repeat: a message whose reply is already in the history gets that reply again. Raises
+        ``redis.ConnectionError`` while Redis is unreachable, so the caller can retry later instead of
+        sending an apology for a message it still holds."""
         return await self._in_order(msg, dedupe=False)
 
     async def _in_order(self, msg: IncomingMessage, dedupe: bool) -> OutgoingMessage:
         ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
-        lock = self._local_locks.setdefault(ref.user, asyncio.Lock())
-        self._waiters[ref.user] = self._waiters.get(ref.user, 0) + 1
-        try:
-            async with lock:
-                try:
-                    if dedupe and msg.message_id and not await self.store.first_delivery(ref, msg.message_id):
-                        return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id, DUPLICATE)
-                    linked = await self.store.resolve(ref)
-                    async with self.store.user_lock(linked, self.settings.lock_timeout_s):
-                        text, kind = await self._answer(linked, msg)
-                except LockTimeout:
-                    text, kind = BUSY, "notice"
-                except Exception:
-                    log.exception("failed to answer %s", ref.user)
-                    text, kind = FAILED, "notice"
-        finally:
-            self._waiters[ref.user] -= 1
-            if not self._waiters[ref.user]:
-                del self._waiters[ref.user]
-                del self._local_locks[ref.user]
+        async with self._user_locks.hold(ref.user):
+            try:
+                if dedupe and msg.message_id and not await self.store.first_delivery(ref, msg.message_id):
+                    return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id, DUPLICATE)
+                linked = await self.store.resolve(ref)
+                async with self.store.user_lock(linked, self.settings.lock_timeout_s):
+                    text, kind = await self._answer(linked, msg)
+            except LockTimeout:
+                text, kind = BUSY, "notice"
+            except (RedisConnectionError, RedisTimeoutError):
+                if not dedupe:
+                    raise
+                log.exception("Redis failed while answering %s", ref.user)
+                text, kind = FAILED, "notice"
+            except Exception:
+                log.exception("failed to answer %s", ref.user)
+                text, kind = FAILED, "notice"
         return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, text, msg.message_id, kind)
 
     async def _answer(self, ref: UserRef, msg: IncomingMessage) -> tuple[str, str]:

@@ -28,6 +28,10 @@ from typing import AsyncIterator, Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 DEDUPE_TTL_S = 86400
 _RELEASE = """
@@ -69,9 +73,12 @@ class StoredTurn:
 
 
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
-    """A client for ``url`` whose pool waits for a free connection rather than opening too many."""
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30,
-                                                   health_check_interval=30)
+    """A client for ``url`` whose pool waits for a free connection rather than opening too many, and
+    that retries a command a few times on a dropped connection (a Redis restart)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=30, health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError])
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -264,7 +271,7 @@ class RedisStore:
     async def user_lock(self, ref: UserRef, timeout_s: float) -> AsyncIterator[None]:
         """Cross-process lock on the user; expires after ``timeout_s`` if its holder dies."""
         key, token = self._k("lock", ref.owner), secrets.token_hex(8)
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + 1.5 * timeout_s  # outlives a dead holder's lock
         delay = 0.005
         while not await self.r.set(key, token, nx=True, px=int(timeout_s * 1000)):
             if time.monotonic() > deadline:

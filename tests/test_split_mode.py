@@ -1,0 +1,153 @@
+"""Split mode: adapters -> Redis Streams -> engine workers, against a real Redis-protocol server.
+
+Load and fault tests run reduced by default; RAPPORT_FULL_LOAD=1 runs the full size (50 users x 20
+messages) of the load test.
+"""
+import asyncio
+import os
+import signal
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import pytest
+
+from bots.fake import FakeAdapter
+from engine.config import ConfigError
+from engine.engine import Engine
+from engine.messages import IncomingMessage
+from engine.redis_server import EmbeddedRedis, free_port
+from engine.store import UserRef
+from engine.streams import SLOW, StreamGateway, StreamWorker
+
+FULL = os.environ.get("RAPPORT_FULL_LOAD") == "1"
+
+
+@pytest.fixture
+def split_settings(settings):
+    return replace(settings, mode="split", claim_idle_s=1.0, lock_timeout_s=5.0, reply_timeout_s=300.0)
+
+
+@asynccontextmanager
+async def workers(settings, replier, count: int):
+    """``count`` workers, each with its own engine (one shared model in memory)."""
+    stop = asyncio.Event()
+    engines = [Engine.from_settings(settings, replier=replier) for _ in range(count)]
+    for engine in engines:
+        await engine.start()
+    crew = [StreamWorker(engine, name=f"w{i}") for i, engine in enumerate(engines)]
+    tasks = [asyncio.create_task(w.run(stop)) for w in crew]
+    try:
+        yield crew
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for engine in engines:
+            await engine.stop()
+
+
+async def user_turns(settings, uid: str) -> list[str]:
+    gateway = StreamGateway.from_settings(settings)
+    try:
+        return [t.text for t in await gateway.store.history(UserRef("fake", uid, uid)) if t.role == "user"]
+    finally:
+        await gateway.r.aclose()
+
+
+async def stream_is_drained(gateway: StreamGateway) -> None:
+    r, p = gateway.r, gateway.settings.key_prefix
+    assert await r.xlen(f"{p}:in") == 0
+    assert (await r.xpending(f"{p}:in", "workers"))["pending"] == 0
+    assert await r.xlen(gateway.out_stream) == 0
+
+
+async def converse(bot: FakeAdapter, k: int, messages: int) -> tuple[str, list[str], list]:
+    """User k states a name, sends numbered messages, asks for the name: all at once (order is the system's job)."""
+    uid = f"user{k}"
+    texts = [f"my name is Person{k}"] + [f"message {i} from user {k}" for i in range(messages - 2)] + ["what's my name?"]
+    outs = await asyncio.gather(*(bot.send(uid, t) for t in texts))
+    return uid, texts, outs
+
+
+async def test_many_users_through_two_workers_each_answered_once_in_order(split_settings, replier):
+    users, messages = (50, 20) if FULL else (8, 4)
+    async with workers(split_settings, replier, 2) as crew, StreamGateway.from_settings(split_settings) as gateway:
+        bot = FakeAdapter(gateway)
+        results = await asyncio.wait_for(asyncio.gather(*(converse(bot, k, messages) for k in range(users))),
+                                         timeout=3000 if FULL else 600)
+        for k, (uid, texts, outs) in enumerate(results):
+            assert all(o.user_id == uid and o.chat_id == uid and o.kind in ("reply", "command") for o in outs)
+            assert outs[-1].text == f"Your name is Person{k}."  # this user's memory, nobody else's
+            assert await user_turns(split_settings, uid) == texts[-split_settings.history_turns // 2:]
+        assert sum(w.answered for w in crew) == users * messages
+        assert all(w.answered for w in crew)  # both workers took part
+        await stream_is_drained(gateway)
+
+
+async def test_platform_redelivery_through_the_gateway_is_dropped(split_settings, replier):
+    async with workers(split_settings, replier, 1), StreamGateway.from_settings(split_settings) as gateway:
+        bot = FakeAdapter(gateway)
+        first, again = await asyncio.gather(bot.send("dup", "I like kayaks", message_id="42"),
+                                            bot.send("dup", "I like kayaks", message_id="42"))
+        assert sorted([first.kind, again.kind]) == ["duplicate", "reply"]
+        assert await user_turns(split_settings, "dup") == ["I like kayaks"]
+
+
+async def test_a_killed_worker_loses_nothing(split_settings, replier):
+    env = {**os.environ, "REDIS_URL": split_settings.redis_url, "RAPPORT_KEY_PREFIX": split_settings.key_prefix,
+           "RAPPORT_WORKER_NAME": "doomed", "RAPPORT_LOCK_TIMEOUT_S": "5"}
+    doomed = await asyncio.create_subprocess_exec(sys.executable, "-m", "bots.cli", "--env-file", "/nonexistent",
+                                                  "worker", env=env, stderr=asyncio.subprocess.DEVNULL)
+    async with StreamGateway.from_settings(split_settings) as gateway:
+        bot = FakeAdapter(gateway)
+        talks = asyncio.gather(*(converse(bot, k, 3) for k in range(4)))
+        for _ in range(600):  # wait until the doomed worker holds messages, then kill it mid-batch
+            pending = await gateway.r.xpending(f"{split_settings.key_prefix}:in", "workers")
+            if any(c["name"] == b"doomed" and c["pending"] for c in pending.get("consumers", [])):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the worker never took a message")
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+        async with workers(split_settings, replier, 1) as crew:
+            results = await asyncio.wait_for(talks, timeout=300)
+        assert crew[0].reclaimed >= 1
+        for k, (uid, texts, outs) in enumerate(results):
+            assert outs[-1].text == f"Your name is Person{k}." and SLOW not in [o.text for o in outs]
+            assert await user_turns(split_settings, uid) == texts  # each message once, in order
+        await stream_is_drained(gateway)
+
+
+async def test_redis_restart_mid_run_loses_nothing(tmp_path, split_settings, replier):
+    server = EmbeddedRedis(tmp_path / "redis", persist=True).start()
+    settings = replace(split_settings, redis_url=server.url)
+    try:
+        async with workers(settings, replier, 1), StreamGateway.from_settings(settings) as gateway:
+            bot = FakeAdapter(gateway)
+            talks = asyncio.gather(*(converse(bot, k, 3) for k in range(4)))
+            await asyncio.sleep(1.0)
+            server.stop()  # a normal restart: the server writes its data before it exits
+            await asyncio.sleep(1.0)
+            server.start()
+            results = await asyncio.wait_for(talks, timeout=300)
+            for k, (uid, texts, outs) in enumerate(results):
+                assert outs[-1].text == f"Your name is Person{k}."
+                assert all(o.kind in ("reply", "command") for o in outs), [o.text for o in outs]
+                assert await user_turns(settings, uid) == texts
+            await stream_is_drained(gateway)
+    finally:
+        server.stop()
+
+
+async def test_unreachable_redis_is_a_clear_error(split_settings, tmp_path):
+    settings = replace(split_settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(ConnectionError, match="cannot reach Redis"):
+        await StreamGateway.from_settings(settings).start()
+    env = {**os.environ, "REDIS_URL": settings.redis_url}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bots.cli", "--env-file", "/nonexistent",
+                                                "worker", env=env, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 1 and b"cannot reach Redis" in err
+    with pytest.raises(ConfigError, match="needs REDIS_URL"):
+        StreamGateway.from_settings(replace(settings, redis_url=None))
