@@ -15,7 +15,6 @@ import pytest
 from bots.fake import FakeAdapter
 from engine.config import ConfigError
 from engine.engine import Engine
-from engine.messages import IncomingMessage
 from engine.redis_server import EmbeddedRedis, free_port
 from engine.store import UserRef
 from engine.streams import SLOW, StreamGateway, StreamWorker

@@ -1,0 +1,247 @@
+"""Rapport's decoder against PyTorch ``generate`` and CTranslate2: same weights, inputs and decoding.
+
+    python -m bench.compare [--model exported_models/rapport-chat-small] [--work ~/.cache/rapport/bench]
+                            [--out bench/results/compare.json]
+
+Needs torch + transformers (``pip install -e '.[train]'``) and ctranslate2 (``pip install -e '.[bench]'``).
+The shipped int8 export is rebuilt as an fp32 PyTorch model holding exactly its weights
+(``training.dequantize``); that model is exported to fp32 ONNX and converted to CTranslate2 (fp32 and
+int8), and PyTorch runs it as is and with dynamic int8 Linear layers. Every runtime then runs in its own
+subprocess (so its peak RSS is its own), two threads, greedy decoding forced to exactly 20 new tokens
+(EOS suppressed, so all do the same work), on the same 8 prompts:
+- reply: a 20-token reply at batch 1, p50/p95 over 8 prompts x 3 repeats;
+- per token: (20-token reply - 1-token reply) / 19, the marginal cost of one decoder step, against the
+  memory-bandwidth limit of that runtime's decoder weights (bytes read per token / copy bandwidth);
+- 10 and 50 users: one batched 20-token reply for 10 and 50 different prompts at once;
+- agreement: share of prompts whose 20 greedy tokens equal PyTorch fp32's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.latency import PROMPTS, memory_bandwidth_gbs
+from engine.config import DEFAULT_MODEL
+
+TOKENS = 20
+THREADS = 2
+RUNTIMES = ("rapport-onnx-int8", "rapport-onnx-fp32", "pytorch-fp32", "pytorch-int8", "ctranslate2-fp32",
+            "ctranslate2-int8")
+
+
+def prompts(n: int, codec) -> list[list[int]]:
+    """``n`` sources: the benchmark prompts, numbered past the first 8 so no two are equal."""
+    cls, sep = codec.special_ids["[CLS]"], codec.special_ids["[SEP]"]
+    texts = [PROMPTS[k % len(PROMPTS)] + ("" if k < len(PROMPTS) else f" ({k})") for k in range(n)]
+    return [[cls, *codec.encode(t), sep] for t in texts]
+
+
+class OnnxRunner:
+    """Rapport's own runtime (engine.seq2seq) on an export folder."""
+
+    def __init__(self, folder: Path) -> None:
+        from engine.seq2seq import Seq2SeqModel
+        self.model = Seq2SeqModel.from_dir(folder, THREADS)
+
+    def generate(self, sources: list[list[int]], tokens: int) -> list[list[int]]:
+        from engine.generation import GenerationConfig
+        config = GenerationConfig("greedy", max_new_tokens=tokens, min_new_tokens=tokens)
+        return [list(c[0].ids) for c in self.model.generate_batch(sources, config)]
+
+
+class TorchRunner:
+    """Hugging Face ``generate`` on the rebuilt fp32 model, optionally with dynamic int8 Linear layers."""
+
+    def __init__(self, folder: Path, int8: bool) -> None:
+        import torch
+        from transformers import BartForConditionalGeneration
+        torch.set_num_threads(THREADS)
+        self.torch = torch
+        self.model = BartForConditionalGeneration.from_pretrained(folder).eval()
+        if int8:
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model.generation_config.forced_eos_token_id = None
+
+    def generate(self, sources: list[list[int]], tokens: int) -> list[list[int]]:
+        width = max(len(s) for s in sources)
+        ids = self.torch.tensor([s + [0] * (width - len(s)) for s in sources])
+        mask = self.torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sources])
+        with self.torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
+                                      do_sample=False, num_beams=1)
+        return [row[1:].tolist() for row in out]
+
+
+class Ct2Runner:
+    """CTranslate2's translator on the converted model."""
+
+    def __init__(self, folder: Path, compute_type: str) -> None:
+        import ctranslate2
+        from tokenizers import Tokenizer
+        self.translator = ctranslate2.Translator(str(folder), device="cpu", compute_type=compute_type,
+                                                 inter_threads=1, intra_threads=THREADS)
+        vocab = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab()
+        self.tokens = {i: t for t, i in vocab.items()}
+        self.ids = vocab
+
+    def generate(self, sources: list[list[int]], tokens: int) -> list[list[int]]:
+        batch = [[self.tokens[i] for i in s] for s in sources]
+        results = self.translator.translate_batch(batch, beam_size=1, max_decoding_length=tokens,
+                                                  min_decoding_length=tokens)
+        return [[self.ids[t] for t in r.hypotheses[0]] for r in results]
+
+
+def make_runner(name: str, work: Path, model: Path):
+    """The runner of runtime ``name`` over the artifacts in ``work``."""
+    return {
+        "rapport-onnx-int8": lambda: OnnxRunner(model),
+        "rapport-onnx-fp32": lambda: OnnxRunner(work / "onnx-fp32"),
+        "pytorch-fp32": lambda: TorchRunner(work / "hf-fp32", int8=False),
+        "pytorch-int8": lambda: TorchRunner(work / "hf-fp32", int8=True),
+        "ctranslate2-fp32": lambda: Ct2Runner(work / "ct2", "float32"),
+        "ctranslate2-int8": lambda: Ct2Runner(work / "ct2", "int8"),
+    }[name]()
+
+
+def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
+    """Timings of one runtime (run in a child process)."""
+    from engine.text import TextCodec
+    codec = TextCodec.from_file(model / "tokenizer.json")
+    runner = make_runner(name, work, model)
+    one = prompts(len(PROMPTS), codec)
+    runner.generate(one[:1], TOKENS)  # warm-up
+    replies, firsts, outputs = [], [], []
+    for _ in range(repeats):
+        for src in one:
+            t = time.perf_counter()
+            outputs.append(runner.generate([src], TOKENS)[0])
+            replies.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            runner.generate([src], 1)
+            firsts.append(time.perf_counter() - t)
+    result = {
+        "reply_20_p50_ms": 1000 * float(np.percentile(replies, 50)),
+        "reply_20_p95_ms": 1000 * float(np.percentile(replies, 95)),
+        "per_token_ms": 1000 * (float(np.median(replies)) - float(np.median(firsts))) / (TOKENS - 1),
+        "tokens": [o for o in outputs[: len(one)]],
+    }
+    for users in (10, 50):
+        batch = prompts(users, codec)
+        t = time.perf_counter()
+        out = runner.generate(batch, TOKENS)
+        result[f"batch_{users}_users_ms"] = 1000 * (time.perf_counter() - t)
+        assert len(out) == users
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def prepare(model: Path, work: Path) -> dict:
+    """Rebuild fp32 weights, export them to fp32 ONNX and convert them to CTranslate2 (cached in ``work``)."""
+    from training.dequantize import rebuild
+    from training.modeling import MINILM_FILES, minilm_dir
+    from training.onnx_export import export_onnx, merge_decoder_files, write_runtime_config
+    hf = work / "hf-fp32"
+    if not (hf / "config.json").exists():
+        net = rebuild(model)
+        net.save_pretrained(hf)
+        for name in MINILM_FILES:
+            if name != "config.json":  # the tokenizer files (CTranslate2 reads the vocabulary from them)
+                shutil.copy(minilm_dir() / name, hf / name)
+    if not (work / "onnx-fp32" / "decoder_model_merged.onnx").exists():
+        from transformers import BartForConditionalGeneration
+        net = BartForConditionalGeneration.from_pretrained(hf)
+        export_onnx(net, work / "onnx-fp32")
+        merge_decoder_files(work / "onnx-fp32")
+        for name in ("tokenizer.json", "config.json", "rapport_config.json"):
+            shutil.copy(model / name, work / "onnx-fp32" / name)
+    if not (work / "ct2" / "model.bin").exists():
+        import ctranslate2
+        ctranslate2.converters.TransformersConverter(str(hf)).convert(str(work / "ct2"), force=True)
+        shutil.copy(model / "tokenizer.json", work / "ct2" / "tokenizer.json")
+    from transformers import BartForConditionalGeneration
+    net = BartForConditionalGeneration.from_pretrained(hf)
+    per_token = sum(p.numel() for n, p in net.named_parameters()
+                    if n.startswith("model.decoder.layers") and n.endswith("weight") and p.dim() == 2)
+    per_token += net.lm_head.weight.numel()
+    return {"decoder_weights_read_per_token": per_token}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--work", type=Path, default=Path.home() / ".cache/rapport/bench")
+    p.add_argument("--out", type=Path, default=Path("bench/results/compare.json"))
+    p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    p.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args.child, args.work, args.model)))
+        return {}
+    args.work.mkdir(parents=True, exist_ok=True)
+    info = prepare(args.model, args.work)
+    bandwidth = memory_bandwidth_gbs()
+    results: dict[str, dict] = {}
+    for name in args.runtimes:
+        proc = subprocess.run([sys.executable, "-m", "bench.compare", "--child", name, "--work", str(args.work),
+                               "--model", str(args.model)], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+        if proc.returncode:
+            results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+            continue
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    reference = results.get("pytorch-fp32", {}).get("tokens")
+    for name, r in results.items():
+        if "error" in r:
+            continue
+        width = 4 if name.endswith("fp32") else 1
+        r["per_token_limit_ms"] = info["decoder_weights_read_per_token"] * width / (bandwidth * 1e9) * 1000
+        r["per_token_ratio_to_limit"] = r["per_token_ms"] / r["per_token_limit_ms"]
+        if reference:
+            r["agreement_with_pytorch_fp32"] = float(np.mean([a == b for a, b in zip(r["tokens"], reference)]))
+        r.pop("tokens")
+    summary = {"memory_bandwidth_gb_s": bandwidth, **info, "tokens": TOKENS, "threads": THREADS,
+               "runtimes": results}
+    ours = results.get("rapport-onnx-int8", {})
+    for other in ("ctranslate2-int8", "ctranslate2-fp32", "pytorch-fp32", "pytorch-int8"):
+        if "reply_20_p50_ms" in results.get(other, {}) and "reply_20_p50_ms" in ours:
+            summary[f"speedup_vs_{other}"] = {
+                "reply_20": results[other]["reply_20_p50_ms"] / ours["reply_20_p50_ms"],
+                "per_token": results[other]["per_token_ms"] / ours["per_token_ms"],
+                "batch_50_users": results[other]["batch_50_users_ms"] / ours["batch_50_users_ms"]}
+    print_table(summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def print_table(summary: dict) -> None:
+    """The comparison as a Markdown table (the README's)."""
+    cols = ["reply_20_p50_ms", "reply_20_p95_ms", "per_token_ms", "per_token_ratio_to_limit",
+            "batch_10_users_ms", "batch_50_users_ms", "peak_rss_mb", "agreement_with_pytorch_fp32"]
+    print("| runtime | 20-token reply p50 ms | p95 ms | ms/token | x bandwidth limit | 10 users (batch) ms "
+          "| 50 users (batch) ms | peak RSS MB | same tokens as PyTorch fp32 |")
+    print("|---" * (len(cols) + 1) + "|")
+    for name, r in summary["runtimes"].items():
+        if "error" in r:
+            print(f"| {name} | failed: {r['error']} |")
+            continue
+        cells = [f"{r[c]:.2f}" if c.startswith("per_token") or c.startswith("agree") else f"{r[c]:.0f}"
+                 for c in cols if c in r]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for key, value in summary.items():
+        if key.startswith("speedup"):
+            print(f"{key}: " + ", ".join(f"{k} {v:.2f}x" for k, v in value.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The whole engine under load: reply latency at 1/10/50 concurrent users (batched vs one at a time),
+where a batch's time goes, and messages/second with 1, 2 and 4 split-mode workers.
+
+    python -m bench.scale [--workers 1 2 4] [--out bench/results/scale.json]
+
+Everything talks to a real Redis-protocol server on 127.0.0.1. Latency: N users each send messages
+one after another, all users at once, through the fake adapter; the same run with dynamic batching
+off (RAPPORT_BATCH_MAX=1) is the baseline. Profile: the replier's stages timed for a batch of 1, 10
+and 50 users. Workers: ``rapport worker`` subprocesses (2 // W inference threads each, at least 1)
+answer 40 users x 3 messages sent at once through a stream gateway; messages/second from the first
+message to the last reply, peak RSS per worker from /proc.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bench.latency import PROMPTS
+from bots.fake import FakeAdapter
+from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
+from engine.engine import Engine
+from engine.prompt import Turn
+from engine.redis_server import EmbeddedRedis
+from engine.replier import STYLES, Replier, ReplyRequest
+from engine.streams import StreamGateway
+
+LOADS = {1: 10, 10: 3, 50: 2}  # concurrent users -> messages each
+
+
+def text_for(user: int, i: int) -> str:
+    return PROMPTS[(user + i) % len(PROMPTS)]
+
+
+async def latencies(settings: Settings, replier: Replier, users: int, messages: int) -> list[float]:
+    """Seconds from send to reply of every message."""
+    async with Engine.from_settings(settings, replier=replier) as engine:
+        bot = FakeAdapter(engine)
+        out: list[float] = []
+
+        async def user(k: int) -> None:
+            for i in range(messages):
+                t = time.perf_counter()
+                await bot.send(f"load{users}-{k}", text_for(k, i))
+                out.append(time.perf_counter() - t)
+
+        await asyncio.gather(*(user(k) for k in range(users)))
+        await engine.store.r.flushdb()
+        return out
+
+
+def profile(replier: Replier, users: int) -> dict[str, float]:
+    """Milliseconds per stage of Replier.reply_batch for ``users`` different messages."""
+    requests = [ReplyRequest([Turn(text_for(k, 0) + f" ({k})", True)], ["i like music"], [], None)
+                for k in range(users)]
+    stages: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        t = time.perf_counter()
+        value = fn(*args)
+        stages[name] = stages.get(name, 0.0) + 1000 * (time.perf_counter() - t)
+        return value
+
+    t0 = time.perf_counter()
+    vecs = timed("embed messages + contexts", replier.encoder.embed, [r.message for r in requests] * 2)
+    sources = [replier.source_ids(r.turns, r.persona, r.user_facts) for r in requests]
+    for config in STYLES["balanced"]:
+        config = replier.shrink(config, users).with_(time_budget_s=replier.time_budget_s / 2)
+        timed(f"generate: {config.strategy} x{config.num_beams if config.strategy == 'beam' else config.num_candidates}",
+              replier.model.generate_batch, sources, config)
+    found = timed("retrieve + score retrieved", replier.retrieved_batch, sources, list(vecs[:users]))
+    texts = [t for f in found for t, _ in f] + [f"candidate {i}" for i in range(8 * users)]
+    timed("embed candidates for ranking", replier.encoder.embed, texts)
+    stages["total"] = 1000 * (time.perf_counter() - t0)
+    return stages
+
+
+async def worker_throughput(url: str, prefix: str, workers: int, users: int = 40, messages: int = 3) -> dict:
+    """Messages/second of ``workers`` worker processes; their peak RSS."""
+    threads = max(1, 2 // workers)
+    env = {**os.environ, "REDIS_URL": url, "RAPPORT_KEY_PREFIX": prefix, "RAPPORT_INFERENCE_THREADS": str(threads),
+           "RAPPORT_RATE_LIMIT_PER_MINUTE": "100000"}
+    procs = [subprocess.Popen([sys.executable, "-m", "bots.cli", "--env-file", "/nonexistent", "worker"], env=env,
+                              stderr=subprocess.DEVNULL) for _ in range(workers)]
+    settings = Settings(redis_url=url, key_prefix=prefix, mode="split", reply_timeout_s=600)
+    try:
+        async with StreamGateway.from_settings(settings) as gateway:
+            while len(await gateway.r.xinfo_consumers(f"{prefix}:in", "workers")) < workers:
+                await asyncio.sleep(0.2)  # every worker has loaded its models and is reading
+            bot = FakeAdapter(gateway)
+            t = time.perf_counter()
+
+            async def user(k: int) -> None:
+                for i in range(messages):
+                    await bot.send(f"w{workers}-{k}", text_for(k, i))
+
+            await asyncio.gather(*(user(k) for k in range(users)))
+            elapsed = time.perf_counter() - t
+        rss = [peak_rss_mb(p.pid) for p in procs]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+    return {"workers": workers, "threads_each": threads, "messages": users * messages, "seconds": elapsed,
+            "messages_per_s": users * messages / elapsed, "peak_rss_mb_each": rss}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a live process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    return 1000 * float(np.percentile(values, q))
+
+
+async def run(args: argparse.Namespace) -> dict:
+    replier = Replier.from_dirs(DEFAULT_MODEL, DEFAULT_ENCODER, index_dir=DEFAULT_INDEX)
+    result: dict = {"latency": {}, "profile_ms": {}, "workers": []}
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), persist=False) as server:
+        base = Settings(redis_url=server.url, rate_limit_per_minute=100_000, data_dir=Path(tmp))
+        for users, messages in LOADS.items():
+            row = {}
+            for label, settings in (("batched", base), ("one_at_a_time", replace(base, batch_max=1))):
+                times = await latencies(settings, replier, users, messages)
+                row[label] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "replies": len(times)}
+                print(f"{users:>2} users, {label:<13}: p50 {row[label]['p50_ms']:8.0f} ms  "
+                      f"p95 {row[label]['p95_ms']:8.0f} ms", flush=True)
+            row["p50_speedup"] = row["one_at_a_time"]["p50_ms"] / row["batched"]["p50_ms"]
+            result["latency"][str(users)] = row
+        for users in (1, 10, 50):
+            result["profile_ms"][str(users)] = stages = profile(replier, users)
+            print(f"profile, {users} users: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), flush=True)
+        del replier
+        for workers in args.workers:
+            row = await worker_throughput(server.url, f"scale{workers}", workers)
+            result["workers"].append(row)
+            print(f"{workers} worker(s) x {row['threads_each']} thread(s): {row['messages_per_s']:.2f} messages/s, "
+                  f"peak RSS {', '.join(f'{r:.0f}' for r in row['peak_rss_mb_each'])} MB", flush=True)
+    one = result["workers"][0]["messages_per_s"] if result["workers"] else None
+    for row in result["workers"]:
+        row["vs_one_worker"] = row["messages_per_s"] / one
+    result["cores"] = os.cpu_count()
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
+    p.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    args = p.parse_args(argv)
+    result = asyncio.run(run(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Rebuild a PyTorch BART from an int8 export: every weight dequantized from the ONNX files.
+
+    rapport-train dequantize --model exported_models/rapport-chat-small --out ~/.cache/rapport/dequantized
+
+The result (a Hugging Face folder: config.json + model.safetensors + tokenizer.json) holds exactly the
+weights the int8 export computes with, in fp32. Benchmarks give it to PyTorch ``generate`` and to
+CTranslate2 so every runtime runs the same weights; exported again to fp32 ONNX it separates the
+error of int8 *compute* (activations) from the error of int8 *storage* (weights).
+- MatMulNBits (8-bit, blocks along K, zero point 128 unless given) -> Linear weight (N, K);
+- per-row int8 Gather tables (``*_rows_int8`` x ``*_row_scales``) -> the token embeddings;
+- everything else (biases, LayerNorms, positions, final_logits_bias) is fp32 in the files already.
+The lm_head is quantized apart from the embedding table, so the rebuilt model's lm_head is untied.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from transformers import BartConfig, BartForConditionalGeneration
+
+_MATMUL_OUTPUT = re.compile(r"/((?:encoder|decoder)/layers\.\d+/\w+(?:/\w+)?|lm_head)/MatMul_output_0$")
+
+
+def dequantize_matmul_nbits(q: np.ndarray, scales: np.ndarray, k: int, bits: int,
+                            zero_points: np.ndarray | None = None) -> np.ndarray:
+    """The (N, K) float weight a MatMulNBits node multiplies by (its B^T)."""
+    if bits != 8:
+        raise ValueError(f"only 8-bit MatMulNBits is supported, got {bits}")
+    n, blocks, block = q.shape
+    zero = 128.0 if zero_points is None else zero_points.reshape(n, blocks, 1).astype(np.float32)
+    w = (q.astype(np.float32) - zero) * scales.reshape(n, blocks, 1)
+    return w.reshape(n, blocks * block)[:, :k]
+
+
+def _param_name(name: str, graph: str) -> str:
+    """ONNX initializer name -> Hugging Face parameter name."""
+    name = re.sub(r"^w\d+_model\.", "", name)  # merged decoder: "w5_model.model.decoder..." -> "model.decoder..."
+    if name.startswith(("encoder.", "decoder.")):
+        name = "model." + name
+    return name
+
+
+def onnx_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every weight of one exported ONNX file, by Hugging Face parameter name, dequantized."""
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    graphs = [model.graph] + [a.g for n in model.graph.node for a in n.attribute if a.g]
+    out: dict[str, np.ndarray] = {}
+    for g in graphs:
+        for node in g.node:
+            if node.op_type != "MatMulNBits":
+                continue
+            match = _MATMUL_OUTPUT.search(node.output[0])
+            if not match:
+                raise ValueError(f"cannot tell which layer MatMulNBits {node.name} belongs to")
+            module = match.group(1).replace("/", ".")
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            zero = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else None
+            weight = dequantize_matmul_nbits(inits[node.input[1]], inits[node.input[2]], attrs["K"], attrs["bits"], zero)
+            out[_param_name(module, path.name) + ".weight"] = weight
+    for name, value in inits.items():
+        if name.endswith("_rows_int8"):
+            table = name[: -len("_rows_int8")]
+            out[_param_name(table, path.name)] = value.astype(np.float32) * inits[table + "_row_scales"]
+        elif value.dtype == np.float32 and not name.endswith(("_scales", "_row_scales")) and "onnx::" not in name:
+            out[_param_name(name, path.name)] = value
+    return out
+
+
+def rebuild(export_dir: Path) -> BartForConditionalGeneration:
+    """A BART whose weights are the dequantized weights of ``export_dir``'s ONNX files."""
+    config = BartConfig.from_dict({**json.loads((export_dir / "config.json").read_text()),
+                                   "tie_word_embeddings": False})
+    model = BartForConditionalGeneration(config).eval()
+    weights = {**onnx_weights(export_dir / "encoder_model.onnx"),
+               **onnx_weights(export_dir / "decoder_model_merged.onnx")}
+    shared = weights.pop("model.shared.weight")
+    weights.pop("model.encoder.embed_tokens.weight", None)  # the same rows as model.shared
+    weights["model.shared.weight"] = shared
+    weights["model.encoder.embed_tokens.weight"] = shared
+    weights["model.decoder.embed_tokens.weight"] = shared
+    state = model.state_dict()
+    missing = sorted(set(state) - set(weights))
+    unknown = sorted(set(weights) - set(state))
+    if missing or unknown:
+        raise ValueError(f"weights do not match BART: missing {missing[:5]}, unknown {unknown[:5]}")
+    model.load_state_dict({k: torch.tensor(v, dtype=torch.float32).reshape(state[k].shape)
+                           for k, v in weights.items()})
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="rapport-train dequantize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="an int8 export folder")
+    p.add_argument("--out", type=Path, required=True, help="where to write the Hugging Face folder")
+    args = p.parse_args(argv)
+    model = rebuild(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    for name in ("tokenizer.json", "rapport_config.json"):
+        if (args.model / name).exists():
+            shutil.copy(args.model / name, args.out / name)
+    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, fp32)")
