@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -140,15 +139,24 @@ def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
         out = runner.generate(batch, TOKENS)
         result[f"batch_{users}_users_ms"] = 1000 * (time.perf_counter() - t)
         assert len(out) == users
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not carry the parent's peak
+    across exec), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def prepare(model: Path, work: Path) -> dict:
     """Rebuild fp32 weights, export them to fp32 ONNX and convert them to CTranslate2 (cached in ``work``)."""
     from training.dequantize import rebuild
     from training.modeling import MINILM_FILES, minilm_dir
-    from training.onnx_export import export_onnx, merge_decoder_files, write_runtime_config
+    from training.onnx_export import export_onnx, merge_decoder_files
     hf = work / "hf-fp32"
     if not (hf / "config.json").exists():
         net = rebuild(model)
@@ -165,6 +173,10 @@ def prepare(model: Path, work: Path) -> dict:
             shutil.copy(model / name, work / "onnx-fp32" / name)
     if not (work / "ct2" / "model.bin").exists():
         import ctranslate2
+        for name, extra in (("config.json", {"normalize_before": False}),  # BART is post-LayerNorm
+                            ("tokenizer_config.json", {"bos_token": "[CLS]", "eos_token": "[SEP]"})):
+            data = json.loads((hf / name).read_text())
+            (hf / name).write_text(json.dumps({**data, **extra}, indent=2))
         ctranslate2.converters.TransformersConverter(str(hf)).convert(str(work / "ct2"), force=True)
         shutil.copy(model / "tokenizer.json", work / "ct2" / "tokenizer.json")
     from transformers import BartForConditionalGeneration

@@ -132,7 +132,7 @@ async def run(args: argparse.Namespace) -> dict:
     result: dict = {"latency": {}, "profile_ms": {}, "workers": []}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), persist=False) as server:
         base = Settings(redis_url=server.url, rate_limit_per_minute=100_000, data_dir=Path(tmp))
-        for users, messages in LOADS.items():
+        for users, messages in ({} if args.skip_latency else LOADS).items():
             row = {}
             for label, settings in (("batched", base), ("one_at_a_time", replace(base, batch_max=1))):
                 times = await latencies(settings, replier, users, messages)
@@ -160,7 +160,8 @@ async def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
+    p.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4], help="worker counts to measure (none: skip)")
+    p.add_argument("--skip-latency", action="store_true", help="only the profile and the workers")
     p.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     args = p.parse_args(argv)
     result = asyncio.run(run(args))

@@ -118,6 +118,7 @@ class StreamGateway:
         self._waiting: dict[str, asyncio.Future] = {}
         self._user_locks = KeyedLocks()
         self._reader: asyncio.Task | None = None
+        self._closing = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "StreamGateway":
@@ -136,6 +137,7 @@ class StreamGateway:
 
     async def stop(self) -> None:
         """Stop reading replies and close the connection."""
+        self._closing = True  # redis-py may turn the cancellation of a blocked read into a ConnectionError
         if self._reader:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -184,7 +186,7 @@ class StreamGateway:
 
     async def _read_replies(self) -> None:
         start, delay = "0", 0.1  # "0": first what this gateway had not acknowledged before a restart
-        while True:
+        while not self._closing:
             try:
                 batches = await self.r.xreadgroup(GATEWAYS_GROUP, self.id, {self.out_stream: start},
                                                   count=100, block=1000)

@@ -102,3 +102,24 @@ def test_hybrid_pick_and_tuning():
     # "i do not know" every time fails distinct-2; the best F1 with distinct-2 >= 0.3 trusts the generator
     assert pick(pools[0], weights) == "i like cats 0"
     assert len(table) == 30 and all({"generator", "profile", "f1", "distinct_2"} <= set(r) for r in table)
+
+
+def test_dequantized_model_computes_what_the_int8_export_computes():
+    """The rebuilt fp32 BART (benchmarks' shared weights) matches the shipped int8 ONNX up to int8 compute."""
+    from engine.config import DEFAULT_MODEL
+    from engine.seq2seq import Seq2SeqModel
+    from training.dequantize import dequantize_matmul_nbits, rebuild
+    q = np.array([[[128, 130, 126, 255]]], dtype=np.uint8)
+    assert dequantize_matmul_nbits(q, np.array([[0.5]], dtype=np.float32), 3, 8).tolist() == [[0.0, 1.0, -1.0]]
+    model = rebuild(DEFAULT_MODEL)
+    onnx_model = Seq2SeqModel.from_dir(DEFAULT_MODEL)
+    ids = np.asarray([[101, 7632, 1010, 2129, 2024, 2017, 2651, 1029, 102]])
+    mask = np.ones_like(ids)
+    dec = np.asarray([[101, 1045, 2572]])
+    hidden = onnx_model.encode(ids, mask)
+    want = onnx_model.decoder.run(None, onnx_model._feed(onnx_model.decoder, dec, hidden, mask, {}, False))[0]
+    with torch.no_grad():
+        got = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    decoder_input_ids=torch.tensor(dec)).logits.numpy()
+    assert np.abs(got - want).max() < 0.5
+    assert (got.argmax(-1) == want.argmax(-1)).all()
