@@ -83,11 +83,6 @@ class Seq2SeqModel:
         """Load an export folder."""
         return cls(Path(folder), threads)
 
-    def decoder_bytes(self) -> int:
-        """Bytes of the decoder file used for every step after the first (the bandwidth-bound part)."""
-        path = _pick(self.folder, "decoder_model_merged.onnx", "decoder_with_past_model.onnx")
-        return path.stat().st_size
-
     # --- low-level steps -------------------------------------------------------------------------
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Encoder hidden states, (batch, src, d)."""

@@ -13,11 +13,13 @@ from dataclasses import replace
 import pytest
 
 from bots.fake import FakeAdapter
+from bots.telegram import TelegramAdapter
 from engine.config import ConfigError
 from engine.engine import Engine
 from engine.redis_server import EmbeddedRedis, free_port
 from engine.store import UserRef
 from engine.streams import SLOW, StreamGateway, StreamWorker
+from tests.fakes.telegram_api import FakeTelegramAPI
 
 FULL = os.environ.get("RAPPORT_FULL_LOAD") == "1"
 
@@ -150,3 +152,22 @@ async def test_unreachable_redis_is_a_clear_error(split_settings, tmp_path):
     assert proc.returncode == 1 and b"cannot reach Redis" in err
     with pytest.raises(ConfigError, match="needs REDIS_URL"):
         StreamGateway.from_settings(replace(settings, redis_url=None))
+
+
+async def test_telegram_adapter_in_split_mode(split_settings, replier):
+    """The real python-telegram-bot adapter on a stream gateway; a worker answers."""
+    api = await FakeTelegramAPI().start()
+    settings = replace(split_settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1)
+    try:
+        async with workers(settings, replier, 1), StreamGateway.from_settings(settings) as gateway:
+            adapter = TelegramAdapter(gateway, settings)
+            await adapter.start()
+            try:
+                api.push_message(31, 31, "my name is Kim")
+                api.push_message(31, 31, "what is my name?")
+                sent = await api.wait_sent(2)
+                assert sent[1]["chat_id"] == 31 and sent[1]["text"] == "Your name is Kim."
+            finally:
+                await adapter.stop()
+    finally:
+        await api.stop()
