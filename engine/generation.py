@@ -39,8 +39,9 @@ class GenerationConfig:
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float32."""
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    shifted = x - x.max(axis=-1, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
 
 
 def apply_repetition_penalty(logits: np.ndarray, sequences: list[list[int]], penalty: float) -> None:

@@ -144,9 +144,12 @@ class Seq2SeqModel:
         src, src_mask = self.pad([list(s) for s in distinct])
         hidden = self.encode(src, src_mask)[rows]
         logits = self.decoder.run(None, self._feed(self.decoder, dec, hidden, src_mask[rows], {}, False))[0]
-        logp = log_softmax(logits.astype(np.float32))
-        picked = np.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
-        return picked * tgt_mask
+        logits = np.asarray(logits, dtype=np.float32)  # (batch, tgt, vocab); worked on in place below
+        picked = np.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+        top = logits.max(axis=-1)
+        np.subtract(logits, top[..., None], out=logits)
+        np.exp(logits, out=logits)
+        return (picked - top - np.log(logits.sum(axis=-1))) * tgt_mask
 
     # --- decoding ---------------------------------------------------------------------------------
     def generate(self, source_ids: list[int], config: GenerationConfig = GenerationConfig()) -> list[Candidate]:
