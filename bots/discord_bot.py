@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
 from engine.config import ConfigError, Settings
-from engine.messages import DUPLICATE, IncomingMessage, Responder
+from engine.messages import DUPLICATE, IncomingMessage, OutgoingMessage, Responder, register_late_replies
 
 from .split import split_message
 
@@ -51,6 +51,7 @@ class RapportDiscordClient(discord.Client):
         self.settings = settings
         self.tree = app_commands.CommandTree(self)
         self._add_slash_commands()
+        register_late_replies(engine, PLATFORM, self.deliver)
 
     def _add_slash_commands(self) -> None:
         @self.tree.command(name="chat", description="talk to me")
@@ -104,6 +105,12 @@ class RapportDiscordClient(discord.Client):
         for i, piece in enumerate(split_message(out.text, MESSAGE_LIMIT)):
             reference = message if (i == 0 and message.guild is not None) else None
             await message.channel.send(piece, reference=reference, mention_author=False, allowed_mentions=NO_PINGS)
+
+    async def deliver(self, out: OutgoingMessage) -> None:
+        """Send a reply that arrived late (split mode) to its channel, in pieces."""
+        channel = self.get_channel(int(out.chat_id)) or await self.fetch_channel(int(out.chat_id))
+        for piece in split_message(out.text, MESSAGE_LIMIT):
+            await channel.send(piece, allowed_mentions=NO_PINGS)
 
     async def answer_interaction(self, interaction: discord.Interaction, text: str, ephemeral: bool) -> None:
         """Defer at once (Discord's 3-second deadline), ask the engine, send the answer as follow-ups."""

@@ -20,7 +20,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Contex
 
 from engine.commands import COMMANDS
 from engine.config import ConfigError, Settings
-from engine.messages import DUPLICATE, IncomingMessage, Responder
+from engine.messages import DUPLICATE, IncomingMessage, OutgoingMessage, Responder, register_late_replies
 
 from .split import split_message
 
@@ -51,6 +51,7 @@ class TelegramAdapter:
             .build())
         self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self.on_message))
         self.app.add_error_handler(self.on_error)
+        register_late_replies(engine, PLATFORM, self.deliver)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -125,6 +126,11 @@ class TelegramAdapter:
         reply_to = None if incoming.is_private else ReplyParameters(msg.message_id, allow_sending_without_reply=True)
         for piece in split_message(out.text, MESSAGE_LIMIT):
             await self.send(msg.chat.id, piece, reply_to)
+
+    async def deliver(self, out: OutgoingMessage) -> None:
+        """Send a reply that arrived late (split mode), in pieces."""
+        for piece in split_message(out.text, MESSAGE_LIMIT):
+            await self.send(int(out.chat_id), piece, None)
 
     async def send(self, chat_id: int, text: str, reply_to: ReplyParameters | None) -> None:
         """Send one piece; server errors and timeouts are retried with backoff (429s are the rate

@@ -53,3 +53,11 @@ class Responder(Protocol):
     settings: "Settings"
 
     async def handle(self, msg: IncomingMessage) -> OutgoingMessage: ...
+
+
+def register_late_replies(responder: Responder, platform: str, send) -> None:
+    """Let ``send(OutgoingMessage)`` deliver ``platform``'s replies that arrive after ``handle`` stopped
+    waiting (split mode: the gateway told the user "my reply will follow"). A no-op in single mode."""
+    senders = getattr(responder, "late_reply_senders", None)
+    if senders is not None:
+        senders[platform] = send

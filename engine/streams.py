@@ -113,7 +113,8 @@ class StreamGateway:
         self._k = _keys(settings.key_prefix)
         self.out_stream = self._k("out", self.id)
         self.store = RedisStore(client, prefix=settings.key_prefix)  # for the duplicate check only
-        self.on_orphan: Callable[[OutgoingMessage], Awaitable[None]] | None = None
+        # platform -> how its adapter sends a reply that arrived after the caller stopped waiting
+        self.late_reply_senders: dict[str, Callable[[OutgoingMessage], Awaitable[None]]] = {}
         self._publish = client.register_script(_PUBLISH)
         self._waiting: dict[str, asyncio.Future] = {}
         self._user_locks = KeyedLocks()
@@ -152,7 +153,7 @@ class StreamGateway:
 
     async def handle(self, msg: IncomingMessage) -> OutgoingMessage:
         """Publish ``msg`` and wait for its reply (a polite notice after ``reply_timeout_s``; the late
-        reply then goes to ``on_orphan``)."""
+        reply is then sent by the platform's entry in ``late_reply_senders``)."""
         ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
         request = uuid.uuid4().hex
         future = asyncio.get_running_loop().create_future()
@@ -212,10 +213,13 @@ class StreamGateway:
         future = self._waiting.pop(fields[b"req"].decode(), None)
         if future is not None and not future.done():
             future.set_result(out)
-        elif self.on_orphan is not None:
-            await self.on_orphan(out)
-        else:
-            log.warning("a reply for %s:%s arrived after its caller gave up; dropped", out.platform, out.chat_id)
+        elif out.kind != DUPLICATE and out.platform in self.late_reply_senders:
+            try:
+                await self.late_reply_senders[out.platform](out)
+            except Exception:
+                log.exception("sending a late reply to %s:%s failed", out.platform, out.chat_id)
+        elif out.kind != DUPLICATE:
+            log.warning("a late reply for %s:%s has no sender; dropped", out.platform, out.chat_id)
 
 
 class StreamWorker:

@@ -171,3 +171,23 @@ async def test_telegram_adapter_in_split_mode(split_settings, replier):
                 await adapter.stop()
     finally:
         await api.stop()
+
+
+async def test_a_slow_reply_is_announced_then_delivered(split_settings, replier):
+    """When a worker needs longer than RAPPORT_REPLY_TIMEOUT_S, the user hears so, then gets the reply."""
+    api = await FakeTelegramAPI().start()
+    settings = replace(split_settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1,
+                       reply_timeout_s=0.05)
+    try:
+        async with workers(settings, replier, 1), StreamGateway.from_settings(settings) as gateway:
+            adapter = TelegramAdapter(gateway, settings)
+            await adapter.start()
+            try:
+                api.push_message(32, 32, "tell me about the best concert you have been to")
+                sent = await api.wait_sent(2)
+                assert sent[0]["text"] == SLOW
+                assert sent[1]["chat_id"] == 32 and sent[1]["text"].strip() and sent[1]["text"] != SLOW
+            finally:
+                await adapter.stop()
+    finally:
+        await api.stop()
