@@ -301,13 +301,16 @@ class StreamWorker:
         self.answered += 1
 
     async def _wait_turn(self, user: str, seq: int) -> None:
-        """Wait until the user's previous message is answered. After ``order_timeout_s`` (a predecessor
-        lost for good) go on anyway, so one lost message cannot block a user."""
-        deadline, delay = time.monotonic() + self.settings.order_timeout_s, 0.01
-        while int(await self._retrying(self.r.get, self._k("done", user)) or 0) < seq - 1:
-            if time.monotonic() > deadline:
-                log.warning("message %d of %s waited %.0f s for its predecessor; answering it anyway", seq, user,
-                            self.settings.order_timeout_s)
+        """Wait until the user's previous message is answered. If the user's answered count stops moving
+        for ``order_timeout_s`` (a predecessor lost for good), go on, so one lost message cannot block a
+        user; a long queue that keeps moving waits as long as it needs."""
+        last, since, delay = -1, time.monotonic(), 0.01
+        while (done := int(await self._retrying(self.r.get, self._k("done", user)) or 0)) < seq - 1:
+            if done != last:
+                last, since = done, time.monotonic()
+            elif time.monotonic() - since > self.settings.order_timeout_s:
+                log.warning("message %d of %s: message %d has not been answered for %.0f s; answering anyway",
+                            seq, user, done + 1, self.settings.order_timeout_s)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
