@@ -263,10 +263,8 @@ class StreamWorker:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
-                entries = batches[0][1] if batches else []
-                if start == "0" and not entries:
-                    start = ">"
-                for entry_id, fields in entries:
+                start = ">"  # what this name held before is in hand now (any rest is reclaimed later)
+                for entry_id, fields in (batches[0][1] if batches else []):
                     self._spawn(entry_id, fields)
         finally:
             for task in helpers:
