@@ -73,22 +73,26 @@ def per_token_latency_ms(replier: Replier, tokens: int = 48, repeats: int = 5) -
     return 1000 * float(np.median(times))
 
 
-async def reply_latencies(replier: Replier, users: int, messages: int) -> list[float]:
-    """Seconds from send to reply for ``users`` concurrent users sending ``messages`` each."""
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), persist=False) as server:
-        settings = Settings(redis_url=server.url, rate_limit_per_minute=10_000, data_dir=Path(tmp))
-        async with Engine.from_settings(settings, replier=replier) as engine:
-            bot = FakeAdapter(engine)
-            out: list[float] = []
+async def reply_latencies(replier: Replier, users: int, messages: int, settings: Settings | None = None,
+                          tag: str = "bench") -> list[float]:
+    """Seconds from send to reply for ``users`` concurrent users sending ``messages`` each, one after
+    another (user ids ``{tag}{k}``); on a throwaway Redis server unless ``settings`` name one."""
+    if settings is None:
+        with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), persist=False) as server:
+            settings = Settings(redis_url=server.url, rate_limit_per_minute=10_000, data_dir=Path(tmp))
+            return await reply_latencies(replier, users, messages, settings, tag)
+    async with Engine.from_settings(settings, replier=replier) as engine:
+        bot = FakeAdapter(engine)
+        out: list[float] = []
 
-            async def user(k: int) -> None:
-                for i in range(messages):
-                    t = time.perf_counter()
-                    await bot.send(f"bench{k}", PROMPTS[(k + i) % len(PROMPTS)])
-                    out.append(time.perf_counter() - t)
+        async def user(k: int) -> None:
+            for i in range(messages):
+                t = time.perf_counter()
+                await bot.send(f"{tag}{k}", PROMPTS[(k + i) % len(PROMPTS)])
+                out.append(time.perf_counter() - t)
 
-            await asyncio.gather(*(user(k) for k in range(users)))
-            return out
+        await asyncio.gather(*(user(k) for k in range(users)))
+        return out
 
 
 def main(argv: list[str] | None = None) -> dict:

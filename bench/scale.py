@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.latency import PROMPTS
+from bench.latency import PROMPTS, reply_latencies
 from bots.fake import FakeAdapter
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
-from engine.engine import Engine
 from engine.prompt import Turn
 from engine.redis_server import EmbeddedRedis
 from engine.replier import STYLES, Replier, ReplyRequest
@@ -39,23 +38,6 @@ LOADS = {1: 10, 10: 3, 50: 2}  # concurrent users -> messages each
 
 def text_for(user: int, i: int) -> str:
     return PROMPTS[(user + i) % len(PROMPTS)]
-
-
-async def latencies(settings: Settings, replier: Replier, users: int, messages: int) -> list[float]:
-    """Seconds from send to reply of every message."""
-    async with Engine.from_settings(settings, replier=replier) as engine:
-        bot = FakeAdapter(engine)
-        out: list[float] = []
-
-        async def user(k: int) -> None:
-            for i in range(messages):
-                t = time.perf_counter()
-                await bot.send(f"load{users}-{k}", text_for(k, i))
-                out.append(time.perf_counter() - t)
-
-        await asyncio.gather(*(user(k) for k in range(users)))
-        await engine.store.r.flushdb()
-        return out
 
 
 def profile(replier: Replier, users: int) -> dict[str, float]:
@@ -135,7 +117,7 @@ async def run(args: argparse.Namespace) -> dict:
         for users, messages in ({} if args.skip_latency else LOADS).items():
             row = {}
             for label, settings in (("batched", base), ("one_at_a_time", replace(base, batch_max=1))):
-                times = await latencies(settings, replier, users, messages)
+                times = await reply_latencies(replier, users, messages, settings, tag=f"{label}{users}-")
                 row[label] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "replies": len(times)}
                 print(f"{users:>2} users, {label:<13}: p50 {row[label]['p50_ms']:8.0f} ms  "
                       f"p95 {row[label]['p95_ms']:8.0f} ms", flush=True)

@@ -156,40 +156,35 @@ async def test_unreachable_redis_is_a_clear_error(split_settings, tmp_path):
         StreamGateway.from_settings(replace(settings, redis_url=None))
 
 
-async def test_telegram_adapter_in_split_mode(split_settings, replier):
-    """The real python-telegram-bot adapter on a stream gateway; a worker answers."""
+@asynccontextmanager
+async def telegram_on_a_gateway(settings, replier):
+    """The real python-telegram-bot adapter on a stream gateway, one worker, the fake Bot API."""
     api = await FakeTelegramAPI().start()
-    settings = replace(split_settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1)
+    settings = replace(settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1)
     try:
         async with workers(settings, replier, 1), StreamGateway.from_settings(settings) as gateway:
             adapter = TelegramAdapter(gateway, settings)
             await adapter.start()
             try:
-                api.push_message(31, 31, "my name is Kim")
-                api.push_message(31, 31, "what is my name?")
-                sent = await api.wait_sent(2)
-                assert sent[1]["chat_id"] == 31 and sent[1]["text"] == "Your name is Kim."
+                yield api
             finally:
                 await adapter.stop()
     finally:
         await api.stop()
+
+
+async def test_telegram_adapter_in_split_mode(split_settings, replier):
+    async with telegram_on_a_gateway(split_settings, replier) as api:
+        api.push_message(31, 31, "my name is Kim")
+        api.push_message(31, 31, "what is my name?")
+        sent = await api.wait_sent(2)
+        assert sent[1]["chat_id"] == 31 and sent[1]["text"] == "Your name is Kim."
 
 
 async def test_a_slow_reply_is_announced_then_delivered(split_settings, replier):
     """When a worker needs longer than RAPPORT_REPLY_TIMEOUT_S, the user hears so, then gets the reply."""
-    api = await FakeTelegramAPI().start()
-    settings = replace(split_settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1,
-                       reply_timeout_s=0.05)
-    try:
-        async with workers(settings, replier, 1), StreamGateway.from_settings(settings) as gateway:
-            adapter = TelegramAdapter(gateway, settings)
-            await adapter.start()
-            try:
-                api.push_message(32, 32, "tell me about the best concert you have been to")
-                sent = await api.wait_sent(2)
-                assert sent[0]["text"] == SLOW
-                assert sent[1]["chat_id"] == 32 and sent[1]["text"].strip() and sent[1]["text"] != SLOW
-            finally:
-                await adapter.stop()
-    finally:
-        await api.stop()
+    async with telegram_on_a_gateway(replace(split_settings, reply_timeout_s=0.05), replier) as api:
+        api.push_message(32, 32, "tell me about the best concert you have been to")
+        sent = await api.wait_sent(2)
+        assert sent[0]["text"] == SLOW
+        assert sent[1]["chat_id"] == 32 and sent[1]["text"].strip() and sent[1]["text"] != SLOW
