@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -225,7 +226,7 @@ class Replier:
         """Sentence vector of the last two turns (None without an encoder)."""
         if self.encoder is None or not turns:
             return None
-        return self.encoder.embed([context_text(turns)])[0]
+        return self.encoder.embed([context_text([t.text for t in turns])])[0]
 
     def reply(self, turns: list[Turn], persona: list[str], user_facts: list[str],
               profile: np.ndarray | None, style: str = "balanced") -> ScoredReply:
@@ -241,7 +242,7 @@ class Replier:
         context_vecs: dict[int, np.ndarray] = {}
         if self.encoder is not None:
             embedded = self.encoder.embed([r.message for r in requests] +
-                                          [context_text(requests[i].turns) for i in asking])
+                                          [context_text([t.text for t in requests[i].turns]) for i in asking])
             message_vecs = list(embedded[: len(requests)])
             context_vecs = dict(zip(asking, embedded[len(requests):]))
         sources = [self.source_ids(requests[i].turns, requests[i].persona, requests[i].user_facts) for i in asking]
@@ -267,6 +268,6 @@ class Replier:
         return [(replies.get(i), message_vecs[i]) for i in range(len(requests))]
 
 
-def context_text(turns: list[Turn]) -> str:
-    """What the ranker embeds as the context: the last two turns."""
-    return " ".join(t.text for t in turns[-2:])
+def context_text(turns: Sequence[str]) -> str:
+    """What the ranker embeds as the context: the last two turns (training uses this too)."""
+    return " ".join(turns[-2:])

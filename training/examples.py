@@ -5,6 +5,7 @@ import random
 from dataclasses import dataclass
 
 from engine.prompt import PromptBudget, Turn, build_source_ids
+from engine.replier import context_text as engine_context_text
 from engine.text import TextCodec
 
 from .data import Conversation, Example, facts_for, make_examples
@@ -67,4 +68,4 @@ def all_examples(convs: list[Conversation]) -> list[Example]:
 
 def context_text(ex: Example) -> str:
     """The last two turns: what the engine's sentence encoder sees as the context."""
-    return " ".join(ex.context[-2:])
+    return engine_context_text(ex.context)
