@@ -138,23 +138,24 @@ class RedisStore:
         """Close the connection pool."""
         await self.r.aclose()
 
-    def _k(self, kind: str, *parts: str) -> str:
+    def key(self, kind: str, *parts: str) -> str:
+        """The Redis key ``P:kind:part:...`` (schema above; split mode's keys in engine/streams.py)."""
         return ":".join((self.p, kind, *parts))
 
     # --- history --------------------------------------------------------------------------------
     async def history(self, ref: UserRef) -> list[StoredTurn]:
-        raw = await self.r.lrange(self._k("hist", ref.chat, ref.user), 0, -1)
+        raw = await self.r.lrange(self.key("hist", ref.chat, ref.user), 0, -1)
         return [StoredTurn(**json.loads(item)) for item in raw]
 
     async def append_turns(self, ref: UserRef, turns: list[StoredTurn], token_count) -> None:
         """Append ``turns``; then drop the oldest until within the turn and token caps."""
-        key = self._k("hist", ref.chat, ref.user)
+        key = self.key("hist", ref.chat, ref.user)
         pipe = self.r.pipeline(transaction=True)
         pipe.rpush(key, *[json.dumps(t.__dict__, ensure_ascii=False) for t in turns])
         pipe.ltrim(key, -self.history_turns, -1)
         pipe.expire(key, self.history_ttl_s)
-        pipe.sadd(self._k("chats", ref.user), ref.chat)
-        pipe.expire(self._k("chats", ref.user), self.history_ttl_s)
+        pipe.sadd(self.key("chats", ref.user), ref.chat)
+        pipe.expire(self.key("chats", ref.user), self.history_ttl_s)
         await pipe.execute()
         kept = await self.history(ref)
         total, drop = sum(token_count(t.text) for t in kept), 0
@@ -165,14 +166,14 @@ class RedisStore:
             await self.r.ltrim(key, drop, -1)
 
     async def clear_history(self, ref: UserRef) -> None:
-        await self.r.delete(self._k("hist", ref.chat, ref.user))
+        await self.r.delete(self.key("hist", ref.chat, ref.user))
 
     # --- profile ----------------------------------------------------------------------------------
     async def facts(self, ref: UserRef) -> list[str]:
-        return [f.decode() for f in await self.r.lrange(self._k("facts", ref.owner), 0, -1)]
+        return [f.decode() for f in await self.r.lrange(self.key("facts", ref.owner), 0, -1)]
 
     async def set_facts(self, ref: UserRef, facts: list[str]) -> None:
-        key = self._k("facts", ref.owner)
+        key = self.key("facts", ref.owner)
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(key)
         if facts:
@@ -181,58 +182,58 @@ class RedisStore:
         await pipe.execute()
 
     async def vector(self, ref: UserRef) -> tuple[np.ndarray | None, int]:
-        raw, seen = await self.r.mget(self._k("vec", ref.owner), self._k("seen", ref.owner))
+        raw, seen = await self.r.mget(self.key("vec", ref.owner), self.key("seen", ref.owner))
         if raw is None:
             return None, 0
         return np.frombuffer(raw, dtype=np.float32).copy(), int(seen or 0)
 
     async def set_vector(self, ref: UserRef, vector: np.ndarray, seen: int) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.set(self._k("vec", ref.owner), vector.astype(np.float32).tobytes(), ex=self.profile_ttl_s)
-        pipe.set(self._k("seen", ref.owner), seen, ex=self.profile_ttl_s)
+        pipe.set(self.key("vec", ref.owner), vector.astype(np.float32).tobytes(), ex=self.profile_ttl_s)
+        pipe.set(self.key("seen", ref.owner), seen, ex=self.profile_ttl_s)
         await pipe.execute()
 
     async def prefs(self, ref: UserRef) -> dict[str, str]:
-        raw = await self.r.hgetall(self._k("prefs", ref.owner))
+        raw = await self.r.hgetall(self.key("prefs", ref.owner))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def set_pref(self, ref: UserRef, key: str, value: str) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._k("prefs", ref.owner), key, value)
-        pipe.expire(self._k("prefs", ref.owner), self.profile_ttl_s)
+        pipe.hset(self.key("prefs", ref.owner), key, value)
+        pipe.expire(self.key("prefs", ref.owner), self.profile_ttl_s)
         await pipe.execute()
 
     async def forget_user(self, ref: UserRef) -> int:
         """Delete every key about the person: the profile, and for every linked account its history in
         every chat, rate counters, message-id markers and link; returns keys deleted."""
-        accounts = {ref.user, ref.owner} | {a.decode() for a in await self.r.smembers(self._k("linked", ref.owner))}
-        keys = [self._k(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")]
+        accounts = {ref.user, ref.owner} | {a.decode() for a in await self.r.smembers(self.key("linked", ref.owner))}
+        keys = [self.key(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")]
         for account in accounts:
-            chats = {c.decode() for c in await self.r.smembers(self._k("chats", account))}
+            chats = {c.decode() for c in await self.r.smembers(self.key("chats", account))}
             if account == ref.user:
                 chats.add(ref.chat)
-            keys += [self._k("hist", chat, account) for chat in chats]
-            keys += [self._k("chats", account), self._k("link", account)]
+            keys += [self.key("hist", chat, account) for chat in chats]
+            keys += [self.key("chats", account), self.key("link", account)]
             for kind in ("rate", "msg"):
-                keys += [key.decode() async for key in self.r.scan_iter(match=self._k(kind, account, "*"), count=100)]
+                keys += [key.decode() async for key in self.r.scan_iter(match=self.key(kind, account, "*"), count=100)]
         return int(await self.r.delete(*keys))
 
     # --- one person on several platforms -------------------------------------------------------------
     async def resolve(self, ref: UserRef) -> UserRef:
         """``ref`` with the profile owner it is linked to, if any."""
-        owner = await self.r.get(self._k("link", ref.user))
+        owner = await self.r.get(self.key("link", ref.user))
         return UserRef(ref.platform, ref.user_id, ref.chat_id, owner.decode() if owner else "")
 
     async def create_link_code(self, ref: UserRef, ttl_s: int) -> str:
         """A fresh one-time code (8 characters) naming ``ref``'s profile owner, valid ``ttl_s`` seconds."""
         while True:
             code = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(8))
-            if await self.r.set(self._k("linkcode", code), ref.owner, nx=True, ex=ttl_s):
+            if await self.r.set(self.key("linkcode", code), ref.owner, nx=True, ex=ttl_s):
                 return code
 
     async def redeem_link_code(self, code: str) -> str | None:
         """The owner that made ``code``, or None; a code works once."""
-        owner = await self.r.getdel(self._k("linkcode", code))
+        owner = await self.r.getdel(self.key("linkcode", code))
         return owner.decode() if owner else None
 
     async def link(self, ref: UserRef, owner: str, max_facts: int) -> None:
@@ -242,21 +243,21 @@ class RedisStore:
         target = UserRef(*owner.split(":", 1), chat_id="-")
         theirs = await self.facts(target)
         merged = (theirs + [f for f in mine if f not in theirs])[-max_facts:]
-        moved = {ref.user} | {a.decode() for a in await self.r.smembers(self._k("linked", ref.owner))}
+        moved = {ref.user} | {a.decode() for a in await self.r.smembers(self.key("linked", ref.owner))}
         moved.discard(owner)
         pipe = self.r.pipeline(transaction=True)
         for account in moved:
-            pipe.set(self._k("link", account), owner)
-        pipe.sadd(self._k("linked", owner), *moved)
-        pipe.delete(*[self._k(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")])
-        pipe.delete(self._k("link", owner))
+            pipe.set(self.key("link", account), owner)
+        pipe.sadd(self.key("linked", owner), *moved)
+        pipe.delete(*[self.key(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")])
+        pipe.delete(self.key("link", owner))
         await pipe.execute()
         await self.set_facts(target, merged)
 
     # --- concurrency --------------------------------------------------------------------------------
     async def allow(self, ref: UserRef, per_minute: int) -> bool:
         """Fixed-window rate limit: at most ``per_minute`` messages per user and minute."""
-        key = self._k("rate", ref.user, str(int(time.time() // 60)))
+        key = self.key("rate", ref.user, str(int(time.time() // 60)))
         pipe = self.r.pipeline(transaction=True)
         pipe.incr(key)
         pipe.expire(key, 60)
@@ -265,12 +266,12 @@ class RedisStore:
 
     async def first_delivery(self, ref: UserRef, message_id: str) -> bool:
         """True the first time message ``message_id`` of ``ref``'s chat is seen (within a day)."""
-        return bool(await self.r.set(self._k("msg", ref.user, ref.chat, message_id), 1, nx=True, ex=DEDUPE_TTL_S))
+        return bool(await self.r.set(self.key("msg", ref.user, ref.chat, message_id), 1, nx=True, ex=DEDUPE_TTL_S))
 
     @asynccontextmanager
     async def user_lock(self, ref: UserRef, timeout_s: float) -> AsyncIterator[None]:
         """Cross-process lock on the user; expires after ``timeout_s`` if its holder dies."""
-        key, token = self._k("lock", ref.owner), secrets.token_hex(8)
+        key, token = self.key("lock", ref.owner), secrets.token_hex(8)
         deadline = time.monotonic() + 1.5 * timeout_s  # outlives a dead holder's lock
         delay = 0.005
         while not await self.r.set(key, token, nx=True, px=int(timeout_s * 1000)):

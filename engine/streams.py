@@ -81,8 +81,20 @@ def default_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _keys(prefix: str):
-    return lambda *parts: ":".join((prefix, *parts))
+async def retry_while_down(call, *args, give_up_after_s: float | None = None, **kwargs):
+    """``await call(*args, **kwargs)``, retried with backoff while Redis is unreachable (for ever, or
+    until ``give_up_after_s`` have passed: then the error is raised)."""
+    deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
+    delay = 0.1
+    while True:
+        try:
+            return await call(*args, **kwargs)
+        except REDIS_DOWN:
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+            log.warning("Redis unreachable; retrying in %.1f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
@@ -110,9 +122,9 @@ class StreamGateway:
         self.settings = settings
         self.r = client
         self.id = gateway_id or settings.gateway_id or default_id()
-        self._k = _keys(settings.key_prefix)
+        self.store = RedisStore(client, prefix=settings.key_prefix)  # key names and the duplicate check
+        self._k = self.store.key
         self.out_stream = self._k("out", self.id)
-        self.store = RedisStore(client, prefix=settings.key_prefix)  # for the duplicate check only
         # platform -> how its adapter sends a reply that arrived after the caller stopped waiting
         self.late_reply_senders: dict[str, Callable[[OutgoingMessage], Awaitable[None]]] = {}
         self._publish = client.register_script(_PUBLISH)
@@ -173,17 +185,8 @@ class StreamGateway:
             self._waiting.pop(request, None)
 
     async def _retrying(self, call, *args, **kwargs):
-        """``call`` retried with backoff while Redis is unreachable, up to ``reply_timeout_s``."""
-        deadline, delay = time.monotonic() + self.settings.reply_timeout_s, 0.1
-        while True:
-            try:
-                return await call(*args, **kwargs)
-            except REDIS_DOWN:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("Redis unreachable; retrying in %.1f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        """``call`` retried while Redis is unreachable, up to ``reply_timeout_s``."""
+        return await retry_while_down(call, *args, give_up_after_s=self.settings.reply_timeout_s, **kwargs)
 
     async def _read_replies(self) -> None:
         start, delay = "0", 0.1  # "0": first what this gateway had not acknowledged before a restart
@@ -231,7 +234,7 @@ class StreamWorker:
         self.settings = engine.settings
         self.r: aioredis.Redis = engine.store.r
         self.name = name or self.settings.worker_name or default_id()
-        self._k = _keys(self.settings.key_prefix)
+        self._k = engine.store.key
         self.in_stream = self._k("in")
         self._deliver = self.r.register_script(_DELIVER)
         self._inflight: dict[bytes, asyncio.Task] = {}
@@ -286,16 +289,16 @@ class StreamWorker:
             reply_to = fields[b"reply_to"].decode()
         except (KeyError, ValueError, TypeError):
             log.error("dropping malformed stream entry %r", entry_id)
-            await self._retrying(self.r.xack, self.in_stream, WORKERS_GROUP, entry_id)
+            await retry_while_down(self.r.xack, self.in_stream, WORKERS_GROUP, entry_id)
             return
         user = f"{msg.platform}:{msg.user_id}"
         await self._wait_turn(user, seq)
         reply = ""  # answered already (its worker died before acknowledging): only acknowledge
-        if not await self._retrying(self.r.exists, self._k("answered", request)):
-            reply = json.dumps(asdict(await self._retrying(self.engine.answer, msg)))
-        await self._retrying(self._deliver, keys=[self._k("answered", request), self._k("done", user),
-                                                  reply_to, self.in_stream],
-                             args=[request, seq, reply, entry_id, WORKERS_GROUP, DAY_S, WEEK_S, OUT_MAXLEN])
+        if not await retry_while_down(self.r.exists, self._k("answered", request)):
+            reply = json.dumps(asdict(await retry_while_down(self.engine.answer, msg)))
+        await retry_while_down(self._deliver, keys=[self._k("answered", request), self._k("done", user),
+                                                    reply_to, self.in_stream],
+                               args=[request, seq, reply, entry_id, WORKERS_GROUP, DAY_S, WEEK_S, OUT_MAXLEN])
         self.answered += 1
 
     async def _wait_turn(self, user: str, seq: int) -> None:
@@ -303,7 +306,7 @@ class StreamWorker:
         for ``order_timeout_s`` (a predecessor lost for good), go on, so one lost message cannot block a
         user; a long queue that keeps moving waits as long as it needs."""
         last, since, delay = -1, time.monotonic(), 0.01
-        while (done := int(await self._retrying(self.r.get, self._k("done", user)) or 0)) < seq - 1:
+        while (done := int(await retry_while_down(self.r.get, self._k("done", user)) or 0)) < seq - 1:
             if done != last:
                 last, since = done, time.monotonic()
             elif time.monotonic() - since > self.settings.order_timeout_s:
@@ -312,16 +315,6 @@ class StreamWorker:
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
-
-    async def _retrying(self, call, *args, **kwargs):
-        delay = 0.1
-        while True:
-            try:
-                return await call(*args, **kwargs)
-            except REDIS_DOWN:
-                log.warning("Redis unreachable; worker %s retries in %.1f s", self.name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     async def _reclaim(self, stop: asyncio.Event) -> None:
         """Take over entries other workers left pending for ``claim_idle_s`` (they died mid-reply)."""

@@ -17,7 +17,7 @@ async def test_link_codes_are_single_use_and_expire(store):
     ana = UserRef("telegram", "1", "1")
     code = await store.create_link_code(ana, ttl_s=600)
     assert re.fullmatch(r"[A-Z2-9]{8}", code)
-    assert 590 <= await store.r.ttl(store._k("linkcode", code)) <= 600
+    assert 590 <= await store.r.ttl(store.key("linkcode", code)) <= 600
     assert await store.redeem_link_code(code) == "telegram:1"
     assert await store.redeem_link_code(code) is None
 
