@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.latency import PROMPTS, memory_bandwidth_gbs
+from bench.latency import PROMPTS, memory_bandwidth_gbs, peak_rss_mb
 from engine.config import DEFAULT_MODEL
 
 TOKENS = 20
@@ -141,15 +141,6 @@ def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
         assert len(out) == users
     result["peak_rss_mb"] = peak_rss_mb()
     return result
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not carry the parent's peak
-    across exec), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def prepare(model: Path, work: Path) -> dict:

@@ -42,6 +42,15 @@ def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
     return best / 1e9
 
 
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of a live process (VmHWM; unlike ru_maxrss it does not carry a parent's peak
+    across exec), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def decoder_bytes_per_token(folder: Path) -> int:
     """Bytes of decoder weights one decoding step reads: every initializer of the decoder except the
     token and position tables, of which a step reads one row (needs the ``onnx`` package)."""

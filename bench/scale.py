@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.latency import PROMPTS, reply_latencies
+from bench.latency import PROMPTS, peak_rss_mb, reply_latencies
 from bots.fake import FakeAdapter
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.prompt import Turn
@@ -95,14 +95,6 @@ async def worker_throughput(url: str, prefix: str, workers: int, users: int = 40
             p.wait(timeout=60)
     return {"workers": workers, "threads_each": threads, "messages": users * messages, "seconds": elapsed,
             "messages_per_s": users * messages / elapsed, "peak_rss_mb_each": rss}
-
-
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of a live process, MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def pct(values: list[float], q: float) -> float:

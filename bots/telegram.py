@@ -124,13 +124,16 @@ class TelegramAdapter:
         if out.kind == DUPLICATE:
             return
         reply_to = None if incoming.is_private else ReplyParameters(msg.message_id, allow_sending_without_reply=True)
-        for piece in split_message(out.text, MESSAGE_LIMIT):
-            await self.send(msg.chat.id, piece, reply_to)
+        await self.send_text(msg.chat.id, out.text, reply_to)
 
     async def deliver(self, out: OutgoingMessage) -> None:
-        """Send a reply that arrived late (split mode), in pieces."""
-        for piece in split_message(out.text, MESSAGE_LIMIT):
-            await self.send(int(out.chat_id), piece, None)
+        """Send a reply that arrived late (split mode)."""
+        await self.send_text(int(out.chat_id), out.text, None)
+
+    async def send_text(self, chat_id: int, text: str, reply_to: ReplyParameters | None) -> None:
+        """Send ``text`` in pieces of at most MESSAGE_LIMIT characters."""
+        for piece in split_message(text, MESSAGE_LIMIT):
+            await self.send(chat_id, piece, reply_to)
 
     async def send(self, chat_id: int, text: str, reply_to: ReplyParameters | None) -> None:
         """Send one piece; server errors and timeouts are retried with backoff (429s are the rate

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,7 +28,7 @@ class InferenceBatcher:
         self.replier = replier
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self.batch_sizes: list[int] = []  # sizes of the batches run so far (for benchmarks and tests)
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # sizes of the latest batches (benchmarks, tests)
         self._queue: list[tuple[ReplyRequest, asyncio.Future]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-infer")
         self._runner: asyncio.Task | None = None
