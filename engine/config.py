@@ -33,6 +33,16 @@ def load_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
+def platform_ids(var: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated ``platform:id`` values (``telegram:123, discord:456``), checked."""
+    ids = tuple(v.strip() for v in raw.split(",") if v.strip())
+    for value in ids:
+        platform, _, ident = value.partition(":")
+        if not platform or not ident:
+            raise ConfigError(f"{var}: {value!r} is not platform:id (e.g. telegram:123456 or discord:987654)")
+    return ids
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime settings; see :meth:`from_env` for the variable of each field."""
@@ -66,6 +76,12 @@ class Settings:
     reply_timeout_s: float = 120.0
     max_message_chars: int = 4000
     profile_weight: float | None = None
+    safety: str = "standard"
+    crisis_reply: str | None = None
+    crisis_url: str | None = None
+    allowed_users: tuple[str, ...] = ()
+    allowed_chats: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
     telegram_token: str | None = field(default=None, repr=False)
     telegram_api_url: str = "https://api.telegram.org"
     telegram_mode: str = "polling"
@@ -98,6 +114,9 @@ class Settings:
             "worker_concurrency": "RAPPORT_WORKER_CONCURRENCY", "claim_idle_s": "RAPPORT_CLAIM_IDLE_S",
             "order_timeout_s": "RAPPORT_ORDER_TIMEOUT_S", "reply_timeout_s": "RAPPORT_REPLY_TIMEOUT_S",
             "max_message_chars": "RAPPORT_MAX_MESSAGE_CHARS", "profile_weight": "RAPPORT_PROFILE_WEIGHT",
+            "safety": "RAPPORT_SAFETY", "crisis_reply": "RAPPORT_CRISIS_REPLY", "crisis_url": "RAPPORT_CRISIS_URL",
+            "allowed_users": "RAPPORT_ALLOWED_USERS", "allowed_chats": "RAPPORT_ALLOWED_CHATS",
+            "admins": "RAPPORT_ADMINS",
             "telegram_token": "TELEGRAM_BOT_TOKEN", "discord_token": "DISCORD_BOT_TOKEN",
             "telegram_api_url": "RAPPORT_TELEGRAM_API_URL", "telegram_mode": "RAPPORT_TELEGRAM_MODE",
             "telegram_poll_timeout_s": "RAPPORT_TELEGRAM_POLL_TIMEOUT_S",
@@ -117,6 +136,8 @@ class Settings:
             try:
                 if attr == "persona":
                     kwargs[attr] = tuple(p.strip() for p in raw.split("|") if p.strip())
+                elif attr in ("allowed_users", "allowed_chats", "admins"):
+                    kwargs[attr] = platform_ids(var, raw)
                 elif "Path" in kind:
                     kwargs[attr] = Path(raw).expanduser()
                 elif kind.startswith("int"):
@@ -130,6 +151,8 @@ class Settings:
         settings = cls(**kwargs)
         if settings.mode not in ("single", "split"):
             raise ConfigError(f"RAPPORT_MODE must be single or split, got {settings.mode!r}")
+        if settings.safety not in ("standard", "strict", "off"):
+            raise ConfigError(f"RAPPORT_SAFETY must be standard, strict or off, got {settings.safety!r}")
         if settings.telegram_mode not in ("polling", "webhook"):
             raise ConfigError(f"RAPPORT_TELEGRAM_MODE must be polling or webhook, got {settings.telegram_mode!r}")
         return settings

@@ -1,0 +1,135 @@
+"""The safety filter on both sides of the model.
+
+- :meth:`SafetyFilter.check_message` sorts a user's message into a :class:`Category` (crisis, hate,
+  violence, sexual, harassment, jailbreak) or ``None`` when the bot may answer it with the model;
+- :meth:`SafetyFilter.candidate_ok` drops a candidate reply (generated or retrieved) that is offensive,
+  sexual, violent, hateful or carries personal data, before ranking; :meth:`fact_ok` keeps such text out
+  of a user's stored facts.
+
+It combines the pattern sets of :mod:`engine.safety.lexicon` with alt-profanity-check (a linear model
+over TF-IDF features trained on toxic comments; see the README for why it was chosen over
+better-profanity). Modes: ``standard`` (default), ``strict`` (lower profanity thresholds, any profanity
+in a message counts as abuse) and ``off`` (no abuse or output filter; a crisis is still answered with
+the crisis reply in every mode, because a person in crisis must never get a generated reply).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import Enum
+
+from . import lexicon
+
+MODES = ("standard", "strict", "off")
+_LEET = str.maketrans({"@": "a", "$": "s", "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "!": "i"})
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+_SECOND_PERSON = re.compile(r"\b(?:you|u|ya|your|ur|you're|youre|yourself|bot)\b")
+
+
+class Category(str, Enum):
+    """Why a message is not answered by the model."""
+
+    CRISIS = "crisis"
+    HATE = "hate"
+    VIOLENCE = "violence"
+    SEXUAL = "sexual"
+    HARASSMENT = "harassment"
+    JAILBREAK = "jailbreak"
+
+
+# Checked in this order: a crisis first (it gets the helpful reply), then the abuse categories.
+_ABUSE = ((Category.HATE, lexicon.HATE), (Category.VIOLENCE, lexicon.VIOLENCE), (Category.SEXUAL, lexicon.SEXUAL),
+          (Category.HARASSMENT, lexicon.HARASSMENT), (Category.JAILBREAK, lexicon.JAILBREAK))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """alt-profanity-check probabilities above which text counts as abusive."""
+
+    directed: float  # a message aimed at the bot ("you ...") -> harassment
+    anywhere: float  # any message -> harassment
+    candidate: float  # a candidate reply or a fact -> dropped
+
+
+THRESHOLDS = {"standard": Thresholds(directed=0.9, anywhere=1.01, candidate=0.6),
+              "strict": Thresholds(directed=0.7, anywhere=0.8, candidate=0.35)}
+
+
+def normalise(text: str) -> str:
+    """Lower-case, NFKC, straight apostrophes, one space: the form every pattern is written for."""
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).lower()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _unleet(text: str) -> str:
+    """``f*ck`` -> ``fck``, ``b1tch`` -> ``bitch`` (only for the abuse patterns: digits matter elsewhere)."""
+    return re.sub(r"(?<=\w)\*+(?=\w)", "", text).translate(_LEET)
+
+
+class SafetyFilter:
+    """Classifies messages and candidate replies; one instance is shared by the whole engine."""
+
+    def __init__(self, mode: str = "standard") -> None:
+        if mode not in MODES:
+            raise ValueError(f"safety mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
+        self._predict = None
+
+    def profanity(self, texts: list[str]) -> list[float]:
+        """alt-profanity-check's probability that each text is offensive (model loaded on first use)."""
+        if not texts:
+            return []
+        if self._predict is None:
+            from profanity_check import predict_prob
+            self._predict = predict_prob
+        return [float(p) for p in self._predict(texts)]
+
+    def check_message(self, text: str) -> Category | None:
+        """The category of a user's message that must not get a generated reply, or None."""
+        plain = normalise(text)
+        if lexicon.CRISIS.search(plain) and not lexicon.NOT_CRISIS.search(plain):
+            return Category.CRISIS
+        if self.mode == "off":
+            return None
+        return self._abuse(plain, self.profanity([plain])[0])
+
+    def _abuse(self, plain: str, profanity: float) -> Category | None:
+        variants = {plain, _unleet(plain)}
+        for category, pattern in _ABUSE:
+            if any(pattern.search(v) for v in variants):
+                return category
+        limits = THRESHOLDS[self.mode]
+        if profanity >= limits.anywhere or (profanity >= limits.directed and _SECOND_PERSON.search(plain)):
+            return Category.HARASSMENT
+        return None
+
+    def candidates_ok(self, texts: list[str]) -> list[bool]:
+        """For each candidate reply: may it be sent? (Always True in mode ``off``.)"""
+        if self.mode == "off":
+            return [True] * len(texts)
+        plains = [normalise(t) for t in texts]
+        limit = THRESHOLDS[self.mode].candidate
+        return [p < limit and not self.unsafe_text(plain)
+                for plain, p in zip(plains, self.profanity(plains))]
+
+    def candidate_ok(self, text: str) -> bool:
+        """:meth:`candidates_ok` for one text."""
+        return self.candidates_ok([text])[0]
+
+    def fact_ok(self, fact: str) -> bool:
+        """May ``fact`` be stored in a profile and put into the model input?"""
+        return self.candidate_ok(fact)
+
+    def unsafe_text(self, plain: str) -> bool:
+        """True when normalised ``plain`` matches a crisis, abuse or personal-data pattern (no model call)."""
+        if lexicon.CRISIS.search(plain) and not lexicon.NOT_CRISIS.search(plain):
+            return True
+        unleet = _unleet(plain)
+        return any(p.search(plain) or p.search(unleet) for _, p in _ABUSE) or bool(
+            lexicon.PERSONAL_DATA.search(plain))
+
+
+def has_personal_data(text: str) -> bool:
+    """E-mails, URLs, phone numbers, @handles or a full name (cased text) in ``text``."""
+    return bool(lexicon.PERSONAL_DATA.search(text))
