@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine.config import ConfigError, Settings
 from engine.engine import Engine
+from engine.log_privacy import protect_logs
 from engine.messages import Responder
 from engine.streams import StreamGateway, StreamWorker, split_redis_url
 
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    protect_logs(settings.telegram_token, settings.discord_token, settings.telegram_webhook_secret)
     return args.run(args, settings)
 
 

@@ -19,7 +19,8 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
 from engine.config import ConfigError, Settings
-from engine.messages import DUPLICATE, IncomingMessage, OutgoingMessage, Responder, register_late_replies
+from engine.log_privacy import protect_logs
+from engine.messages import IncomingMessage, OutgoingMessage, Responder, register_late_replies
 
 from .split import split_message
 
@@ -43,6 +44,7 @@ class RapportDiscordClient(discord.Client):
         if not settings.discord_token:
             raise ConfigError("DISCORD_BOT_TOKEN is not set: create an application in the Discord Developer "
                               "Portal, add a bot, and put its token in the environment or in .env")
+        protect_logs(settings.discord_token)
         intents = discord.Intents.default()
         intents.message_content = True
         super().__init__(intents=intents, allowed_mentions=NO_PINGS)
@@ -64,9 +66,13 @@ class RapportDiscordClient(discord.Client):
         async def link(interaction: discord.Interaction, code: str | None = None) -> None:
             await self.answer_interaction(interaction, f"/link {code or ''}".strip(), ephemeral=True)
 
+        @self.tree.command(name="forget", description="delete everything I know about you")
+        @app_commands.describe(confirm="type yes to confirm (without it I ask first)")
+        async def forget(interaction: discord.Interaction, confirm: str | None = None) -> None:
+            await self.answer_interaction(interaction, f"/forget {confirm or ''}".strip(), ephemeral=True)
+
         for name, text in (("profile", "show what I know about you"),
-                           ("reset", "forget this conversation (your profile stays)"),
-                           ("forget", "delete everything I know about you")):
+                           ("reset", "forget this conversation (your profile stays)")):
             async def callback(interaction: discord.Interaction, _name: str = name) -> None:
                 await self.answer_interaction(interaction, f"/{_name}", ephemeral=True)
             self.tree.command(name=name, description=text)(callback)
@@ -100,7 +106,7 @@ class RapportDiscordClient(discord.Client):
                                    timestamp=message.created_at.timestamp(), is_private=message.guild is None)
         async with message.channel.typing():
             out = await self.engine.handle(incoming)
-        if out.kind == DUPLICATE:
+        if out.silent:
             return
         for i, piece in enumerate(split_message(out.text, MESSAGE_LIMIT)):
             reference = message if (i == 0 and message.guild is not None) else None
@@ -119,7 +125,7 @@ class RapportDiscordClient(discord.Client):
                                    user_name=interaction.user.display_name, message_id=str(interaction.id),
                                    is_private=interaction.guild_id is None)
         out = await self.engine.handle(incoming)
-        if out.kind == DUPLICATE:
+        if out.silent:
             return
         for piece in split_message(out.text, MESSAGE_LIMIT):
             await interaction.followup.send(piece, ephemeral=ephemeral, allowed_mentions=NO_PINGS)

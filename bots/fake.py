@@ -7,7 +7,7 @@ import sys
 from collections import defaultdict
 from typing import BinaryIO, TextIO
 
-from engine.messages import DUPLICATE, IncomingMessage, OutgoingMessage, Responder
+from engine.messages import IncomingMessage, OutgoingMessage, Responder
 
 PLATFORM = "fake"
 
@@ -29,7 +29,7 @@ class FakeAdapter:
         msg = IncomingMessage(PLATFORM, chat_id or user_id, user_id, text, user_name=user_name,
                               message_id=message_id or f"{self._session}-{self._next_id}", is_private=is_private)
         out = await self.engine.handle(msg)
-        if out.kind == DUPLICATE:
+        if out.silent:
             return out
         self.outbox[out.chat_id].append(out)
         return out

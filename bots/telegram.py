@@ -18,9 +18,10 @@ from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
 
-from engine.commands import COMMANDS
+from engine.commands import public_commands
 from engine.config import ConfigError, Settings
-from engine.messages import DUPLICATE, IncomingMessage, OutgoingMessage, Responder, register_late_replies
+from engine.log_privacy import protect_logs
+from engine.messages import IncomingMessage, OutgoingMessage, Responder, register_late_replies
 
 from .split import split_message
 
@@ -40,6 +41,10 @@ class TelegramAdapter:
         if not settings.telegram_token:
             raise ConfigError("TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and put its token "
                               "in the environment or in .env")
+        if settings.telegram_mode == "webhook" and not settings.telegram_webhook_secret:
+            raise ConfigError("RAPPORT_TELEGRAM_MODE=webhook needs RAPPORT_TELEGRAM_WEBHOOK_SECRET (1-256 characters "
+                              "A-Z a-z 0-9 _ -): without it anyone who learns the URL can post forged updates")
+        protect_logs(settings.telegram_token, settings.telegram_webhook_secret)
         self.engine = engine
         self.settings = settings
         api = settings.telegram_api_url.rstrip("/")
@@ -60,7 +65,7 @@ class TelegramAdapter:
             await self.app.initialize()
         except InvalidToken as exc:
             raise ConfigError(f"Telegram rejected TELEGRAM_BOT_TOKEN ({exc}); check the token from @BotFather") from exc
-        await self.app.bot.set_my_commands([BotCommand(name, text[:256]) for name, (text, _) in COMMANDS.items()])
+        await self.app.bot.set_my_commands([BotCommand(c.name, c.help[:256]) for c in public_commands()])
         await self.app.start()
         s = self.settings
         if s.telegram_mode == "webhook":
@@ -121,7 +126,7 @@ class TelegramAdapter:
                                    is_private=msg.chat.type == ChatType.PRIVATE)
         async with self.typing(msg.chat.id):
             out = await self.engine.handle(incoming)
-        if out.kind == DUPLICATE:
+        if out.silent:
             return
         reply_to = None if incoming.is_private else ReplyParameters(msg.message_id, allow_sending_without_reply=True)
         await self.send_text(msg.chat.id, out.text, reply_to)
@@ -165,8 +170,12 @@ class TelegramAdapter:
                 await task
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Log the error; tell the user politely when there is a chat to answer in."""
-        log.error("telegram update failed: %r", update, exc_info=context.error)
+        """Log the error (the update's id and type only, never its text); tell the user politely."""
+        kind = next((k for k in ("message", "edited_message", "callback_query", "message_reaction")
+                     if isinstance(update, Update) and getattr(update, k, None) is not None), type(update).__name__)
+        update_id = update.update_id if isinstance(update, Update) else None
+        log.error("telegram update %s (%s) failed: %s", update_id, kind, type(context.error).__name__,
+                  exc_info=context.error)
         if isinstance(update, Update) and update.effective_chat is not None:
             with suppress(TelegramError):
                 await context.bot.send_message(update.effective_chat.id, SORRY)

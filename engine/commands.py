@@ -1,6 +1,8 @@
 """Chat commands, handled once here for every platform.
 
-Matching is pure (:func:`parse_command`); handling is async and talks to the store.
+Matching is pure and exact (:func:`parse_command`, then each command's argument pattern must match the
+whole argument text: ``/forget about that`` is not ``/forget``); handling is async and talks to the store.
+Admin commands (``/block``, ``/unblock``, ``/stats``) run only for the accounts in RAPPORT_ADMINS.
 """
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from .safety import SafetyFilter
 from .store import Store, UserRef
 
 STYLE_CHOICES = ("short", "long", "creative", "precise", "balanced")
 MAX_FACTS = 50
+LINK_CODE_TTL_S = 600
 _COMMAND = re.compile(r"^/([A-Za-z_]{1,32})(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)
 
 
@@ -32,6 +36,9 @@ class CommandContext:
     ref: UserRef
     bot_name: str
     user_name: str
+    is_private: bool = True
+    is_admin: bool = False
+    safety: SafetyFilter | None = None
 
 
 def parse_command(text: str) -> CommandCall | None:
@@ -39,40 +46,63 @@ def parse_command(text: str) -> CommandCall | None:
     match = _COMMAND.match(text.strip())
     if not match:
         return None
-    return CommandCall(match.group(1).lower(), (match.group(2) or "").strip())
+    return CommandCall(match.group(1).lower(), re.sub(r"\s+", " ", match.group(2) or "").strip())
 
 
 Handler = Callable[[CommandContext, str], Awaitable[str]]
-COMMANDS: dict[str, tuple[str, Handler]] = {}
 
 
-def command(name: str, help_text: str) -> Callable[[Handler], Handler]:
-    """Register a handler under ``/name``."""
+@dataclass(frozen=True)
+class Command:
+    """A registered command: its handler, the pattern its whole argument text must match, its usage."""
+
+    name: str
+    help: str
+    handler: Handler
+    args: re.Pattern[str]
+    usage: str
+    admin: bool = False
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help_text: str, args: str = "", usage: str = "", admin: bool = False
+            ) -> Callable[[Handler], Handler]:
+    """Register a handler under ``/name``; ``args`` is a regex the argument text must match in full
+    (case-insensitive; the default takes no arguments)."""
     if not re.fullmatch(r"[a-z_]{1,32}", name):
         raise ValueError(f"invalid command name {name!r}")
 
     def register(fn: Handler) -> Handler:
-        COMMANDS[name] = (help_text, fn)
+        COMMANDS[name] = Command(name, help_text, fn, re.compile(args, re.IGNORECASE | re.DOTALL),
+                                 usage or f"/{name}", admin)
         return fn
 
     return register
 
 
-def help_text() -> str:
-    """One line per command."""
-    return "Commands:\n" + "\n".join(f"/{name} - {text}" for name, (text, _) in COMMANDS.items())
+def public_commands() -> list[Command]:
+    """The commands every user may run (what platforms show in their command menus)."""
+    return [c for c in COMMANDS.values() if not c.admin]
+
+
+def help_text(admin: bool = False) -> str:
+    """One line per command (admin commands only for admins)."""
+    shown = [c for c in COMMANDS.values() if admin or not c.admin]
+    return "Commands:\n" + "\n".join(f"/{c.name} - {c.help}" for c in shown)
 
 
 @command("start", "say hello and see what I can do")
 async def _start(ctx: CommandContext, args: str) -> str:
     who = f", {ctx.user_name}" if ctx.user_name else ""
     return (f"Hi{who}! I'm {ctx.bot_name}, a chatbot that remembers what you tell me about yourself. "
-            f"Just talk to me.\n\n{help_text()}")
+            f"Just talk to me.\n\n{help_text(ctx.is_admin)}")
 
 
 @command("help", "list the commands")
 async def _help(ctx: CommandContext, args: str) -> str:
-    return help_text()
+    return help_text(ctx.is_admin)
 
 
 @command("reset", "forget this conversation (your profile stays)")
@@ -81,28 +111,27 @@ async def _reset(ctx: CommandContext, args: str) -> str:
     return "Done: I forgot this conversation. What you told me about yourself is still in /profile."
 
 
-@command("profile", "show what I know about you; /profile add <fact>, /profile forget <n>")
+@command("profile", "show what I know about you; /profile add <fact>, /profile forget <n>",
+         args=r"|add .+|forget [0-9]{1,3}", usage="/profile, /profile add <fact> or /profile forget <n>")
 async def _profile(ctx: CommandContext, args: str) -> str:
     facts = await ctx.store.facts(ctx.ref)
     action, _, rest = args.partition(" ")
     action, rest = action.lower(), rest.strip()
     if action == "add":
-        if not rest:
-            return "Tell me the fact to add, e.g. /profile add I play the guitar"
         fact = rest[:200].strip().lower()
+        if ctx.safety is not None and not ctx.safety.fact_ok(fact):
+            return "I can't keep that in your profile. Tell me something else about yourself."
         if fact not in facts:
             facts = (facts + [fact])[-MAX_FACTS:]
             await ctx.store.set_facts(ctx.ref, facts)
         return f"Added: {fact}"
     if action == "forget":
-        if not rest.isdigit() or not 1 <= int(rest) <= len(facts):
+        if not 1 <= int(rest) <= len(facts):
             return f"Give the number of a fact to forget, between 1 and {len(facts)}." if facts else \
                 "There is nothing to forget: I don't know any facts about you."
         removed = facts.pop(int(rest) - 1)
         await ctx.store.set_facts(ctx.ref, facts)
         return f"Forgotten: {removed}"
-    if action:
-        return "Use /profile, /profile add <fact> or /profile forget <n>."
     prefs = await ctx.store.prefs(ctx.ref)
     _, seen = await ctx.store.vector(ctx.ref)
     lines = ["What I know about you:"]
@@ -112,28 +141,37 @@ async def _profile(ctx: CommandContext, args: str) -> str:
     return "\n".join(lines)
 
 
-@command("forget", "delete everything I know about you")
+@command("forget", "delete everything I know about you (asks you to confirm)", args=r"|yes",
+         usage="/forget, then /forget yes to confirm")
 async def _forget(ctx: CommandContext, args: str) -> str:
+    if not args:
+        await ctx.store.ask_confirmation(ctx.ref)
+        return ("This deletes everything I stored about you: conversations in every chat, facts, interest "
+                "profile, preferences and links to your other accounts. It cannot be undone. To confirm, send "
+                "/forget yes within 2 minutes.")
+    if not await ctx.store.confirmed(ctx.ref):
+        return "Send /forget first; then confirm with /forget yes within 2 minutes."
     deleted = await ctx.store.forget_user(ctx.ref)
     return (f"Done: I deleted everything I stored about you ({deleted} records: conversations, facts, "
-            "interest profile, preferences). It's a fresh start.")
+            "interest profile, preferences, links). It's a fresh start.")
 
 
-LINK_CODE_TTL_S = 600
-
-
-@command("link", "use one profile on Telegram and Discord: /link gives a code, /link <code> uses it")
+@command("link", "use one profile on Telegram and Discord: /link gives a code, /link <code> uses it",
+         args=r"|[A-Za-z0-9]{8}", usage="/link (in a private chat) or /link <8-character code>")
 async def _link(ctx: CommandContext, args: str) -> str:
+    if not ctx.is_private:
+        return "Send /link to me in a private chat: a link code must stay secret."
     code = args.strip().upper()
     if not code:
         code = await ctx.store.create_link_code(ctx.ref, LINK_CODE_TTL_S)
         return (f"Your link code is {code}. Within {LINK_CODE_TTL_S // 60} minutes, send /link {code} to me from "
-                "your other account (Telegram or Discord). It works once; don't share it.")
-    owner = await ctx.store.redeem_link_code(code)
-    if owner is None:
+                "your other account (Telegram or Discord), in a private chat. It works once; don't share it.")
+    redeemed = await ctx.store.redeem_link_code(code)
+    if redeemed is None:
         return "That code is unknown or has expired. Send /link on your other account to get a new one."
-    if owner == ctx.ref.owner:
-        return "These accounts already share one profile."
+    owner, account = redeemed
+    if account == ctx.ref.user or owner == ctx.ref.owner:
+        return "These accounts already share one profile. Send the code from your other account."
     await ctx.store.link(ctx.ref, owner, MAX_FACTS)
     return ("Linked: this account now uses the profile of your other account (the facts you told me here were "
             "added to it). /profile shows it; /forget on either account deletes everything.")
@@ -141,23 +179,14 @@ async def _link(ctx: CommandContext, args: str) -> str:
 
 @command("export", "get all your data as JSON")
 async def _export(ctx: CommandContext, args: str) -> str:
-    vector, seen = await ctx.store.vector(ctx.ref)
-    data = {
-        "platform": ctx.ref.platform,
-        "user_id": ctx.ref.user_id,
-        "facts": await ctx.store.facts(ctx.ref),
-        "preferences": await ctx.store.prefs(ctx.ref),
-        "history": [t.__dict__ for t in await ctx.store.history(ctx.ref)],
-        "profile_vector": None if vector is None else [round(float(x), 5) for x in vector],
-        "profile_messages_seen": seen,
-    }
-    return json.dumps(data, ensure_ascii=False, indent=1)
+    return json.dumps(await ctx.store.export(ctx.ref), ensure_ascii=False, indent=1)
 
 
-@command("style", "how I answer: short, long, creative or precise")
+@command("style", "how I answer: short, long, creative or precise", args=rf"|{'|'.join(STYLE_CHOICES)}",
+         usage=f"/style {' | '.join(STYLE_CHOICES)}")
 async def _style(ctx: CommandContext, args: str) -> str:
     choice = args.strip().lower()
-    if choice not in STYLE_CHOICES:
+    if not choice:
         prefs = await ctx.store.prefs(ctx.ref)
         return (f"Your style is {prefs.get('style', 'balanced')}. "
                 f"Choose one: /style {' | '.join(STYLE_CHOICES)}")
@@ -165,9 +194,48 @@ async def _style(ctx: CommandContext, args: str) -> str:
     return f"OK, from now on my replies are {choice}."
 
 
+def _account(ctx: CommandContext, args: str) -> str:
+    """``platform:id`` from an admin's argument (a bare id means the admin's own platform)."""
+    return args if ":" in args else f"{ctx.ref.platform}:{args}"
+
+
+@command("block", "(admin) stop answering an account: /block <platform:id>", args=r"[A-Za-z0-9_-]+(?::\S+)?",
+         usage="/block <platform:user id>", admin=True)
+async def _block(ctx: CommandContext, args: str) -> str:
+    user = _account(ctx, args)
+    changed = await ctx.store.set_blocked(user, True)
+    return f"Blocked {user}." if changed else f"{user} was already blocked."
+
+
+@command("unblock", "(admin) answer a blocked account again: /unblock <platform:id>",
+         args=r"[A-Za-z0-9_-]+(?::\S+)?", usage="/unblock <platform:user id>", admin=True)
+async def _unblock(ctx: CommandContext, args: str) -> str:
+    user = _account(ctx, args)
+    changed = await ctx.store.set_blocked(user, False)
+    return f"Unblocked {user}." if changed else f"{user} was not blocked."
+
+
+@command("stats", "(admin) users, messages, reply latency and safety actions", admin=True)
+async def _stats(ctx: CommandContext, args: str) -> str:
+    data = await ctx.store.stats()
+    c, lat = data["counters"], data["latency_ms"]
+    safety = {k.removeprefix("safety_"): v for k, v in sorted(c.items()) if k.startswith("safety_")}
+    latency = (f"{lat['p50']:.0f} ms p50, {lat['p95']:.0f} ms p95 (latest {lat['n']} replies)" if lat["n"]
+               else "no replies yet")
+    return "\n".join([
+        f"Users: {data['users']} (blocked: {data['blocked']})",
+        f"Messages: {c.get('messages', 0)} (replies {c.get('replies', 0)}, commands {c.get('commands', 0)}, "
+        f"rate-limited {c.get('rate_limited', 0)}, refused {c.get('refused', 0)})",
+        f"Reply latency: {latency}",
+        "Safety actions: " + (", ".join(f"{k} {v}" for k, v in safety.items()) or "none"),
+    ])
+
+
 async def run_command(call: CommandCall, ctx: CommandContext) -> str:
-    """Run ``call``; unknown commands get the help text."""
+    """Run ``call``; unknown commands get the help text, wrong arguments the usage."""
     entry = COMMANDS.get(call.name)
-    if entry is None:
-        return f"I don't know /{call.name}.\n{help_text()}"
-    return await entry[1](ctx, call.args)
+    if entry is None or (entry.admin and not ctx.is_admin):
+        return f"I don't know /{call.name}.\n{help_text(ctx.is_admin)}"
+    if not entry.args.fullmatch(call.args):
+        return f"Usage: {entry.usage}"
+    return await entry.handler(ctx, call.args)

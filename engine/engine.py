@@ -5,23 +5,27 @@
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .access import BLOCKED, NOT_ALLOWED, PRIVACY_COMMANDS, Access
 from .batcher import InferenceBatcher
 from .commands import MAX_FACTS, CommandContext, parse_command, run_command
 from .config import Settings
 from .facts import extract_facts
 from .keyed_lock import KeyedLocks
 from .memory import answer_from_memory
-from .messages import DUPLICATE, IncomingMessage, OutgoingMessage
+from .messages import DUPLICATE, IGNORED, IncomingMessage, OutgoingMessage
 from .profile import update_profile
 from .prompt import Turn
 from .redis_server import EmbeddedRedis
 from .replier import Replier, ReplyRequest
+from .safety import SafetyFilter, SafetyReplies
+from .safety.replies import DEFAULT_CRISIS_REPLY, DEFAULT_CRISIS_URL
 from .sanitize import clean_text
 from .store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
 
@@ -32,6 +36,7 @@ RATE_LIMITED = "You're sending messages faster than I can read them. I kept this
 BUSY = "I'm still working on your previous message. Please send this one again in a moment."
 FAILED = "Sorry, something went wrong on my side while answering. Please try again."
 TOO_LONG = " (Your message was long, so I read only the first {n} characters.)"
+PURGE_DELAY_S = 2.0  # /forget's disk rewrite waits this long, so forgets that come together share one
 
 
 class Engine:
@@ -44,7 +49,13 @@ class Engine:
         self.replier = replier
         self.embedded = embedded
         self.batcher = InferenceBatcher(replier, settings.batch_max, settings.batch_wait_ms / 1000)
+        self.safety = SafetyFilter(settings.safety)
+        self.safety_replies = SafetyReplies(settings.crisis_reply or DEFAULT_CRISIS_REPLY,
+                                            settings.crisis_url or DEFAULT_CRISIS_URL)
+        self.access = Access(settings)
         self._user_locks = KeyedLocks()
+        self._purge_task: asyncio.Task | None = None
+        self._purge_again = False
 
     @classmethod
     def from_settings(cls, settings: Settings, replier: Replier | None = None) -> "Engine":
@@ -72,7 +83,8 @@ class Engine:
                                   "Check REDIS_URL or unset it to use the embedded server.") from exc
 
     async def stop(self) -> None:
-        """Close connections, stop the worker thread and the embedded server."""
+        """Finish a pending disk purge, close connections, stop the worker thread and the embedded server."""
+        await self.disk_purged()
         await self.store.close()
         self.batcher.close()
         if self.embedded:
@@ -100,13 +112,21 @@ class Engine:
 
     async def _in_order(self, msg: IncomingMessage, dedupe: bool) -> OutgoingMessage:
         ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
+        started = time.perf_counter()
         async with self._user_locks.hold(ref.user):
             try:
+                refusal = await self._refusal(ref, msg)
+                if refusal is not None:
+                    return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, refusal,
+                                           msg.message_id, "notice" if refusal else IGNORED)
                 if dedupe and msg.message_id and not await self.store.first_delivery(ref, msg.message_id):
                     return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id, DUPLICATE)
                 linked = await self.store.resolve(ref)
                 async with self.store.user_lock(linked, self.settings.lock_timeout_s):
                     text, kind = await self._answer(linked, msg)
+                await self.store.count("messages", {"reply": "replies", "command": "commands"}.get(kind, kind),
+                                       latency_ms=1000 * (time.perf_counter() - started) if kind == "reply" else None,
+                                       user=ref.user)
             except LockTimeout:
                 text, kind = BUSY, "notice"
             except (RedisConnectionError, RedisTimeoutError):
@@ -119,17 +139,38 @@ class Engine:
                 text, kind = FAILED, "notice"
         return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, text, msg.message_id, kind)
 
+    async def _refusal(self, ref: UserRef, msg: IncomingMessage) -> str | None:
+        """None when ``msg`` may be handled; else the notice for a blocked or not-allowed account ("" once it
+        was told today). Such messages are neither answered nor stored; /export and /forget always run."""
+        listed = self.access.listed(ref.user, ref.chat)
+        if listed and not await self.store.is_blocked(ref.user):
+            return None
+        call = parse_command(msg.text) if isinstance(msg.text, str) else None
+        if call is not None and f"/{call.name}" in PRIVACY_COMMANDS:
+            return None
+        await self.store.count("refused")
+        return (NOT_ALLOWED if not listed else BLOCKED) if await self.store.notice_due(ref) else ""
+
     async def _answer(self, ref: UserRef, msg: IncomingMessage) -> tuple[str, str]:
         text, cut = clean_text(msg.text, self.settings.max_message_chars)
         if not text:
             return EMPTY_REPLY, "notice"
+        call = parse_command(text)
+        if call is not None:  # commands are never rate-limited and always run
+            ctx = CommandContext(self.store, ref, self.settings.bot_name, msg.user_name, msg.is_private,
+                                 self.access.is_admin(ref.user), self.safety)
+            answer = await run_command(call, ctx)
+            if call.name == "forget" and call.args == "yes" and answer.startswith("Done"):
+                self.purge_disk_soon()
+            return answer, "command"
+        category = self.safety.check_message(text)
+        if category is not None:  # never generated from, stored, or learned from
+            log.info("safety action: %s on %s", category.value, msg.platform)
+            await self.store.count(f"safety_{category.value}")
+            return self.safety_replies.for_category(category), "safety"
         if not await self.store.allow(ref, self.settings.rate_limit_per_minute):
             await self.store.append_turns(ref, [StoredTurn("user", text, msg.timestamp)], self._tokens)
-            return RATE_LIMITED, "notice"
-        call = parse_command(text)
-        if call is not None:
-            ctx = CommandContext(self.store, ref, self.settings.bot_name, msg.user_name)
-            return await run_command(call, ctx), "command"
+            return RATE_LIMITED, "rate_limited"
         reply = await self._converse(ref, text, msg.message_id)
         if cut:
             reply += TOO_LONG.format(n=self.settings.max_message_chars)
@@ -142,7 +183,7 @@ class Engine:
                 if turn.role == "user" and turn.mid == message_id and after.role == "bot":
                     return after.text
         facts = await self.store.facts(ref)
-        new_facts = [f for f in extract_facts(text) if f not in facts]
+        new_facts = [f for f in extract_facts(text) if f not in facts and self.safety.fact_ok(f)]
         if new_facts:
             facts = (facts + new_facts)[-MAX_FACTS:]
             await self.store.set_facts(ref, facts)
@@ -152,7 +193,7 @@ class Engine:
         reply = answer_from_memory(text, facts)
         scored, message_vec = await self.batcher.submit(ReplyRequest(
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
-            needs_reply=reply is None))
+            needs_reply=reply is None, keep=self.safety.candidates_ok))
         if reply is None:
             reply = scored.text
         if message_vec is not None:
@@ -162,6 +203,31 @@ class Engine:
         await self.store.append_turns(ref, [StoredTurn("user", text, now, message_id), StoredTurn("bot", reply, now)],
                                       self._tokens)
         return reply
+
+    # --- deleted data leaves the disk ------------------------------------------------------------------
+    def purge_disk_soon(self) -> None:
+        """After /forget: have the embedded server rewrite its append-only file and snapshot, so deleted
+        text leaves the disk. Forgets that come together share one rewrite. (An external Redis is the
+        operator's: see the README, "Privacy".)"""
+        if self.embedded is None:
+            return
+        self._purge_again = True
+        if self._purge_task is None or self._purge_task.done():
+            self._purge_task = asyncio.create_task(self._purge())
+
+    async def _purge(self) -> None:
+        while self._purge_again:
+            self._purge_again = False
+            await asyncio.sleep(PURGE_DELAY_S)
+            try:
+                await self.store.rewrite_disk()
+            except Exception:
+                log.exception("rewriting the embedded server's files after /forget failed")
+
+    async def disk_purged(self) -> None:
+        """Wait for a pending disk purge to finish."""
+        if self._purge_task is not None:
+            await asyncio.shield(self._purge_task)
 
     def _tokens(self, text: str) -> int:
         return len(self.replier.codec.encode(text))

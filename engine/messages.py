@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 
 DUPLICATE = "duplicate"  # OutgoingMessage.kind of a repeated delivery: adapters send nothing
+IGNORED = "ignored"  # OutgoingMessage.kind for a blocked or not-allowed user (no notice due): send nothing
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,12 @@ class OutgoingMessage:
     user_id: str
     text: str
     reply_to: str = ""
-    kind: str = "reply"  # reply | command | notice (rate limit, error, busy) | duplicate (send nothing)
+    kind: str = "reply"  # reply | command | safety | notice (rate limit, error, busy, access) | duplicate | ignored
+
+    @property
+    def silent(self) -> bool:
+        """True when the adapter sends nothing (a redelivery, or a user the operator keeps out)."""
+        return not self.text
 
 
 class Responder(Protocol):

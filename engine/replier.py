@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ STYLES: dict[str, list[GenerationConfig]] = {
 }
 _WORD = re.compile(r"\w+")
 LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
+SAFE_FALLBACK = "Hmm, I'm not sure what to say to that. Tell me more, or let's talk about something else?"
 NEAR_COPY = 0.9  # cosine above which a candidate repeats a recent turn
 
 
@@ -75,7 +77,8 @@ class CandidateFeatures:
 @dataclass(frozen=True)
 class ReplyRequest:
     """What :meth:`Replier.reply_batch` needs for one user. ``message`` is embedded for the profile
-    update; ``needs_reply`` is False when the engine already has the answer (from memory)."""
+    update; ``needs_reply`` is False when the engine already has the answer (from memory); ``keep`` is the
+    output filter (True for each candidate text that may be sent), applied before ranking."""
 
     turns: list[Turn]
     persona: list[str]
@@ -83,6 +86,7 @@ class ReplyRequest:
     profile: np.ndarray | None
     style: str = "balanced"
     needs_reply: bool = True
+    keep: Callable[[list[str]], list[bool]] | None = None
 
     @property
     def message(self) -> str:
@@ -252,6 +256,10 @@ class Replier:
             for pool, found in zip(pools, self.retrieved_batch(sources, [context_vecs[i] for i in asking])):
                 for text, score in found:
                     pool.setdefault(text, score)
+        had_candidates = [bool(pool) for pool in pools]
+        for n, i in enumerate(asking):  # the output filter: unsafe candidates never reach ranking
+            if requests[i].keep is not None and pools[n]:
+                pools[n] = {t: s for (t, s), ok in zip(pools[n].items(), requests[i].keep(list(pools[n]))) if ok}
         recents = [[t.text for t in requests[i].turns[-4:]] for i in asking]
         vectors: list[np.ndarray | None] = [None] * len(asking)
         if context_vecs:
@@ -261,7 +269,7 @@ class Replier:
         for n, i in enumerate(asking):
             req = requests[i]
             if not pools[n]:
-                replies[i] = ScoredReply(LOST_FOR_WORDS, 0.0, 0.0, 0.0, 0.0)
+                replies[i] = ScoredReply(SAFE_FALLBACK if had_candidates[n] else LOST_FOR_WORDS, 0.0, 0.0, 0.0, 0.0)
                 continue
             replies[i] = self.rank(context_vecs.get(i), list(pools[n].items()), req.profile, recents[n],
                                    req.style, vectors[n])[0]

@@ -10,11 +10,20 @@ Key schema (``P`` is the prefix, ``U`` = ``{platform}:{user_id}``, ``C`` = ``{pl
   P:prefs:O      hash of preferences (style, ...)              TTL profile_ttl_s
   P:seen:O       string, number of messages the vector has seen TTL profile_ttl_s
   P:lock:O       string, lock token                            PX lock_timeout
-  P:rate:U:M     counter for minute M                          TTL 60 s
+  P:rate:U       sorted set of U's message times (sliding one-minute window)  TTL 60 s
   P:link:U       string, the owner O whose profile U uses      until /forget
   P:linked:O     set of the accounts linked to O               until /forget
-  P:linkcode:K   string, the owner O that made one-time code K TTL link_code_ttl_s, deleted when used
+  P:linkcode:K   JSON {"owner","account"}: one-time code K, made by account U for owner O
+                                                               TTL link_code_ttl_s, deleted when used or on /forget
+  P:linkcodes:U  set of the codes U made that may still be live TTL link_code_ttl_s
   P:msg:U:C:M    "1" once U's message M in chat C was accepted (drops platform retries)  TTL 1 day
+  P:confirm:U    "forget" while U's /forget waits for "/forget yes"  TTL 120 s
+  P:notice:U     "1" once U was told they may not use the bot (one notice a day)  TTL 1 day
+  P:blocked      set of accounts an admin blocked (/block)     until /unblock
+  P:users        set of accounts that talked to the bot (/stats)  until the account's /forget
+  P:stats        hash of counters: messages, replies, commands, rate_limited, refused, safety_<category>
+  P:latency      list of the latest 1,000 reply latencies in ms (/stats p50/p95)
+No key holds message text except P:hist (and P:facts, the user's own statements).
 """
 from __future__ import annotations
 
@@ -34,9 +43,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 DEDUPE_TTL_S = 86400
+CONFIRM_TTL_S = 120
+LATENCIES_KEPT = 1000
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
 """
+# Sliding-window rate limit: drop entries older than the window, admit if fewer than the limit remain.
+_RATE = """
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+return 1
+"""
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with the glob characters of SCAN MATCH (``* ? [ ] \\``) escaped, so a user id is literal."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 @dataclass(frozen=True)
@@ -104,9 +129,18 @@ class Store(Protocol):
     async def forget_user(self, ref: UserRef) -> int: ...
     async def resolve(self, ref: UserRef) -> UserRef: ...
     async def create_link_code(self, ref: UserRef, ttl_s: int) -> str: ...
-    async def redeem_link_code(self, code: str) -> str | None: ...
+    async def redeem_link_code(self, code: str) -> tuple[str, str] | None: ...
     async def link(self, ref: UserRef, owner: str, max_facts: int) -> None: ...
     async def allow(self, ref: UserRef, per_minute: int) -> bool: ...
+    async def export(self, ref: UserRef) -> dict: ...
+    async def ask_confirmation(self, ref: UserRef) -> None: ...
+    async def confirmed(self, ref: UserRef) -> bool: ...
+    async def is_blocked(self, user: str) -> bool: ...
+    async def set_blocked(self, user: str, blocked: bool) -> bool: ...
+    async def notice_due(self, ref: UserRef) -> bool: ...
+    async def count(self, *events: str, latency_ms: float | None = None, user: str | None = None) -> None: ...
+    async def stats(self) -> dict: ...
+    async def rewrite_disk(self) -> None: ...
     async def first_delivery(self, ref: UserRef, message_id: str) -> bool: ...
     def user_lock(self, ref: UserRef, timeout_s: float) -> "AsyncIterator[None]": ...
 
@@ -123,6 +157,7 @@ class RedisStore:
         self.history_ttl_s = history_ttl_s
         self.profile_ttl_s = profile_ttl_s
         self._release = self.r.register_script(_RELEASE)
+        self._rate = self.r.register_script(_RATE)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64, **kwargs) -> "RedisStore":
@@ -203,20 +238,64 @@ class RedisStore:
         pipe.expire(self.key("prefs", ref.owner), self.profile_ttl_s)
         await pipe.execute()
 
+    async def accounts(self, ref: UserRef) -> set[str]:
+        """Every account that shares ``ref``'s profile (``ref`` itself, its owner and the owner's links)."""
+        return {ref.user, ref.owner} | {a.decode() for a in await self.r.smembers(self.key("linked", ref.owner))}
+
+    async def chats(self, account: str) -> set[str]:
+        """The chat keys holding ``account``'s history."""
+        return {c.decode() for c in await self.r.smembers(self.key("chats", account))}
+
     async def forget_user(self, ref: UserRef) -> int:
         """Delete every key about the person: the profile, and for every linked account its history in
-        every chat, rate counters, message-id markers and link; returns keys deleted."""
-        accounts = {ref.user, ref.owner} | {a.decode() for a in await self.r.smembers(self.key("linked", ref.owner))}
+        every chat, rate window, message-id markers, link, pending link codes, confirmation and notice
+        markers, and its entry in the user list of /stats; returns keys deleted."""
+        accounts = await self.accounts(ref)
         keys = [self.key(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")]
         for account in accounts:
-            chats = {c.decode() for c in await self.r.smembers(self.key("chats", account))}
+            chats = await self.chats(account)
             if account == ref.user:
                 chats.add(ref.chat)
             keys += [self.key("hist", chat, account) for chat in chats]
-            keys += [self.key("chats", account), self.key("link", account)]
-            for kind in ("rate", "msg"):
-                keys += [key.decode() async for key in self.r.scan_iter(match=self.key(kind, account, "*"), count=100)]
-        return int(await self.r.delete(*keys))
+            keys += [self.key(kind, account) for kind in ("chats", "link", "rate", "confirm", "notice", "linkcodes")]
+            keys += [self.key("linkcode", c.decode()) for c in await self.r.smembers(self.key("linkcodes", account))]
+            pattern = self.key("msg", glob_escape(account), "*")
+            keys += [key.decode() async for key in self.r.scan_iter(match=pattern, count=100)]
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(*keys)
+        pipe.srem(self.key("users"), *accounts)
+        deleted, _ = await pipe.execute()
+        return int(deleted)
+
+    async def export(self, ref: UserRef) -> dict:
+        """Everything stored about the person: histories of every linked account in every chat, facts,
+        profile vector, preferences and link state."""
+        vector, seen = await self.vector(ref)
+        accounts = sorted(await self.accounts(ref))
+        histories = {}
+        for account in accounts:
+            for chat in sorted(await self.chats(account) | ({ref.chat} if account == ref.user else set())):
+                raw = await self.r.lrange(self.key("hist", chat, account), 0, -1)
+                if raw:
+                    histories[f"{chat} / {account}"] = [json.loads(item) for item in raw]
+        return {
+            "account": ref.user,
+            "profile_owner": ref.owner,
+            "linked_accounts": [a for a in accounts if a != ref.owner] if len(accounts) > 1 else [],
+            "facts": await self.facts(ref),
+            "preferences": await self.prefs(ref),
+            "profile_vector": None if vector is None else [round(float(x), 5) for x in vector],
+            "profile_messages_seen": seen,
+            "history": histories,
+        }
+
+    async def ask_confirmation(self, ref: UserRef) -> None:
+        """Remember for CONFIRM_TTL_S seconds that ``ref`` asked to /forget."""
+        await self.r.set(self.key("confirm", ref.user), "forget", ex=CONFIRM_TTL_S)
+
+    async def confirmed(self, ref: UserRef) -> bool:
+        """True (once) when ``ref`` asked to /forget within the last CONFIRM_TTL_S seconds."""
+        return bool(await self.r.getdel(self.key("confirm", ref.user)))
 
     # --- one person on several platforms -------------------------------------------------------------
     async def resolve(self, ref: UserRef) -> UserRef:
@@ -225,16 +304,26 @@ class RedisStore:
         return UserRef(ref.platform, ref.user_id, ref.chat_id, owner.decode() if owner else "")
 
     async def create_link_code(self, ref: UserRef, ttl_s: int) -> str:
-        """A fresh one-time code (8 characters) naming ``ref``'s profile owner, valid ``ttl_s`` seconds."""
+        """A fresh one-time code (8 characters) naming ``ref``'s profile owner and the account that asked,
+        valid ``ttl_s`` seconds; the account's list of codes lets /forget delete it."""
+        value = json.dumps({"owner": ref.owner, "account": ref.user})
         while True:
             code = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(8))
-            if await self.r.set(self.key("linkcode", code), ref.owner, nx=True, ex=ttl_s):
+            if await self.r.set(self.key("linkcode", code), value, nx=True, ex=ttl_s):
+                pipe = self.r.pipeline(transaction=True)
+                pipe.sadd(self.key("linkcodes", ref.user), code)
+                pipe.expire(self.key("linkcodes", ref.user), ttl_s)
+                await pipe.execute()
                 return code
 
-    async def redeem_link_code(self, code: str) -> str | None:
-        """The owner that made ``code``, or None; a code works once."""
-        owner = await self.r.getdel(self.key("linkcode", code))
-        return owner.decode() if owner else None
+    async def redeem_link_code(self, code: str) -> tuple[str, str] | None:
+        """(owner, account that asked) of ``code``, or None; a code works once."""
+        raw = await self.r.getdel(self.key("linkcode", code))
+        if not raw:
+            return None
+        data = json.loads(raw)
+        await self.r.srem(self.key("linkcodes", data["account"]), code)
+        return data["owner"], data["account"]
 
     async def link(self, ref: UserRef, owner: str, max_facts: int) -> None:
         """Make ``ref``'s account (and every account linked to it) use ``owner``'s profile. ``ref``'s own
@@ -255,14 +344,71 @@ class RedisStore:
         await self.set_facts(target, merged)
 
     # --- concurrency --------------------------------------------------------------------------------
-    async def allow(self, ref: UserRef, per_minute: int) -> bool:
-        """Fixed-window rate limit: at most ``per_minute`` messages per user and minute."""
-        key = self.key("rate", ref.user, str(int(time.time() // 60)))
-        pipe = self.r.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, 60)
-        count, _ = await pipe.execute()
-        return int(count) <= per_minute
+    async def allow(self, ref: UserRef, per_minute: int, window_s: float = 60.0) -> bool:
+        """Sliding-window rate limit: at most ``per_minute`` messages in any ``window_s`` seconds."""
+        now = time.time()
+        return bool(await self._rate(keys=[self.key("rate", ref.user)],
+                                     args=[now, window_s, per_minute, f"{now:.6f}-{secrets.token_hex(4)}"]))
+
+    async def rewrite_disk(self, timeout_s: float = 60.0) -> None:
+        """Rewrite the server's append-only file and snapshot from what is in memory now (deleted keys
+        then leave the disk), and wait until both are written."""
+        async def idle(*flags: str) -> None:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                info = await self.r.info("persistence")
+                if not any(int(info.get(flag, 0)) for flag in flags):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the Redis server is still busy with {flags} after {timeout_s} s")
+                await asyncio.sleep(0.05)
+
+        persistence = await self.r.info("persistence")
+        if int(persistence.get("aof_enabled", 0)):
+            await idle("aof_rewrite_in_progress", "aof_rewrite_scheduled", "rdb_bgsave_in_progress")
+            await self.r.execute_command("BGREWRITEAOF")
+            await idle("aof_rewrite_in_progress", "aof_rewrite_scheduled")
+        await idle("rdb_bgsave_in_progress", "aof_rewrite_in_progress")
+        await self.r.execute_command("BGSAVE")
+        await idle("rdb_bgsave_in_progress")
+
+    # --- operators: blocks, notices, statistics -------------------------------------------------------
+    async def is_blocked(self, user: str) -> bool:
+        return bool(await self.r.sismember(self.key("blocked"), user))
+
+    async def set_blocked(self, user: str, blocked: bool) -> bool:
+        """Block or unblock ``user`` (``platform:id``); True when that changed anything."""
+        if blocked:
+            return bool(await self.r.sadd(self.key("blocked"), user))
+        return bool(await self.r.srem(self.key("blocked"), user))
+
+    async def notice_due(self, ref: UserRef) -> bool:
+        """True at most once a day per account: may we tell it that it cannot use the bot?"""
+        return bool(await self.r.set(self.key("notice", ref.user), 1, nx=True, ex=DEDUPE_TTL_S))
+
+    async def count(self, *events: str, latency_ms: float | None = None, user: str | None = None) -> None:
+        """Add 1 to each counter of ``events``; record a reply latency and an active user."""
+        pipe = self.r.pipeline(transaction=False)
+        for event in events:
+            pipe.hincrby(self.key("stats"), event, 1)
+        if latency_ms is not None:
+            pipe.lpush(self.key("latency"), round(latency_ms, 1))
+            pipe.ltrim(self.key("latency"), 0, LATENCIES_KEPT - 1)
+        if user is not None:
+            pipe.sadd(self.key("users"), user)
+        await pipe.execute()
+
+    async def stats(self) -> dict:
+        """Counters, number of users, and reply latency p50/p95 (ms) over the latest replies."""
+        counters = {k.decode(): int(v) for k, v in (await self.r.hgetall(self.key("stats"))).items()}
+        latencies = sorted(float(x) for x in await self.r.lrange(self.key("latency"), 0, -1))
+
+        def pct(q: float) -> float | None:
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
+
+        return {"users": int(await self.r.scard(self.key("users"))), "counters": counters,
+                "blocked": int(await self.r.scard(self.key("blocked"))),
+                "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "n": len(latencies)}}
 
     async def first_delivery(self, ref: UserRef, message_id: str) -> bool:
         """True the first time message ``message_id`` of ``ref``'s chat is seen (within a day)."""

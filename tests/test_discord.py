@@ -90,7 +90,10 @@ async def test_slash_commands_defer_at_once_then_follow_up(bot, fake):
     assert sent[1]["body"]["flags"] & 64  # ephemeral: only the caller sees their profile
     await fake.slash(4, "forget")
     sent = await fake.wait_sent(3)
-    assert "deleted everything" in sent[2]["body"]["content"]
+    assert "/forget yes" in sent[2]["body"]["content"]  # asks to confirm first
+    await fake.slash(4, "forget", {"confirm": "yes"})
+    sent = await fake.wait_sent(4)
+    assert "deleted everything" in sent[3]["body"]["content"] and sent[3]["body"]["flags"] & 64
 
 
 async def test_attachment_only_dm_gets_a_polite_text_only_answer(bot, fake):

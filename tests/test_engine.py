@@ -30,13 +30,39 @@ async def test_commands(engine):
     assert (await bot.send("u1", "/profile forget 1")).text == "Forgotten: i play the guitar"
     assert "between 1 and 1" in (await bot.send("u1", "/profile forget 7")).text
     assert "short" in (await bot.send("u1", "/style short")).text
-    assert "Choose one" in (await bot.send("u1", "/style loud")).text
+    assert "Usage: /style short" in (await bot.send("u1", "/style loud")).text
+    assert "Choose one" in (await bot.send("u1", "/style")).text
     exported = json.loads((await bot.send("u1", "/export")).text)
     assert exported["facts"] == ["i like tea"] and exported["preferences"] == {"style": "short"}
     assert "forgot this conversation" in (await bot.send("u1", "/reset")).text
     assert (await engine.store.facts(engine_ref("u1"))) == ["i like tea"]
-    assert "deleted everything" in (await bot.send("u1", "/forget")).text
+    assert "/forget yes" in (await bot.send("u1", "/forget")).text  # asks first
+    assert "deleted everything" in (await bot.send("u1", "/forget yes")).text
     assert await engine.store.r.keys(f"{engine.settings.key_prefix}:*fake:u1*") == []
+
+
+async def test_commands_match_exactly(engine):
+    """Trailing words are not ignored: "/forget about that" deletes nothing, "/export please" exports nothing."""
+    bot = FakeAdapter(engine)
+    await bot.send("u2", "/profile add I like tea")
+    for text in ("/forget about that last thing", "/export please now", "/reset everything", "/profile forget ²",
+                 "/profile forget 1 2", "/profile remove 1", "/help me"):
+        out = await bot.send("u2", text)
+        assert out.kind == "command" and out.text.startswith("Usage: "), (text, out.text)
+    assert await engine.store.facts(engine_ref("u2")) == ["i like tea"]
+    assert "Send /forget first" in (await bot.send("u2", "/forget yes")).text  # no confirmation without asking
+    assert await engine.store.facts(engine_ref("u2")) == ["i like tea"]
+
+
+async def test_forget_confirmation_expires(engine):
+    bot = FakeAdapter(engine)
+    await bot.send("u3", "/profile add I like tea")
+    await bot.send("u3", "/forget")
+    await engine.store.r.delete(engine.store.key("confirm", "fake:u3"))  # what the 2-minute TTL does
+    assert "Send /forget first" in (await bot.send("u3", "/forget yes")).text
+    assert await engine.store.r.ttl(engine.store.key("confirm", "fake:u3")) == -2
+    await bot.send("u3", "/forget")
+    assert 0 < await engine.store.r.ttl(engine.store.key("confirm", "fake:u3")) <= 120
 
 
 def engine_ref(user):
@@ -105,7 +131,7 @@ async def test_a_redelivered_message_is_answered_once(engine):
 
 BAD_INPUTS = ["", "   \n\t ", "x" * 100_000, "\x00\x01\x02 hello \x7f", "😀🎉🔥" * 50, "你好，你叫什么名字？",
               "مرحبا كيف حالك", "zero\u200bwidth\u200d\ufeff text", "\u202eevil rtl", b"bad \xff\xfe utf8".decode(
-                  "utf-8", errors="surrogateescape"), "/", "/profile forget -1", "/profile forget 99999999999999999999",
+                  "utf-8", errors="surrogateescape"), "/", "/profile forget -1", "/profile forget 99999999999999999999", "/profile forget ²",
               "/style", "/PROFILE", "/profile add " + "z" * 5000, "\n/reset", "@everyone <b>hi</b> [x](y)"]
 
 
@@ -119,14 +145,16 @@ async def test_bad_input_gets_a_reply(engine, text):
         assert out.text.endswith(TOO_LONG.format(n=engine.settings.max_message_chars))
 
 
-async def test_rate_limit_keeps_the_message(settings, replier):
-    async with Engine.from_settings(replace(settings, rate_limit_per_minute=2), replier=replier) as eng:
+async def test_rate_limit_keeps_the_message_and_never_blocks_commands(settings, replier):
+    async with Engine.from_settings(replace(settings, rate_limit_per_minute=1), replier=replier) as eng:
         bot = FakeAdapter(eng)
-        for text in ("/help", "/help"):
-            await bot.send("fast", text)
+        await bot.send("fast", "what's my name?")
         out = await bot.send("fast", "please remember this")
-        assert out.text == RATE_LIMITED and out.kind == "notice"
+        assert out.text == RATE_LIMITED and out.kind == "rate_limited"
         assert (await eng.store.history(engine_ref("fast")))[-1].text == "please remember this"
+        assert "/forget yes" in (await bot.send("fast", "/forget")).text  # commands always run
+        assert "deleted everything" in (await bot.send("fast", "/forget yes")).text
+        assert await eng.store.history(engine_ref("fast")) == []
 
 
 async def test_group_chat_keeps_users_apart(engine):

@@ -18,8 +18,16 @@ async def test_link_codes_are_single_use_and_expire(store):
     code = await store.create_link_code(ana, ttl_s=600)
     assert re.fullmatch(r"[A-Z2-9]{8}", code)
     assert 590 <= await store.r.ttl(store.key("linkcode", code)) <= 600
-    assert await store.redeem_link_code(code) == "telegram:1"
+    assert await store.redeem_link_code(code) == ("telegram:1", "telegram:1")  # (owner, the account that asked)
     assert await store.redeem_link_code(code) is None
+
+
+async def test_forget_deletes_pending_link_codes(store):
+    ana = UserRef("telegram", "1", "1")
+    code = await store.create_link_code(ana, ttl_s=600)
+    await store.forget_user(ana)
+    assert await store.redeem_link_code(code) is None
+    assert not await store.r.keys(f"{store.p}:*")
 
 
 async def test_linked_accounts_share_one_profile_and_one_forget(store):
@@ -72,9 +80,22 @@ async def test_link_across_telegram_and_discord(both):
     tg.push_message(-5, 8, f"@{BOT_USERNAME} what is my name?", chat_type="group", first_name="Bob")
     assert "Ana" not in (await tg.wait_sent(3))[2]["text"]
     await dc.slash(70, "forget", guild=False)
-    await dc.wait_sent(4)
+    assert "/forget yes" in (await dc.wait_sent(4))[3]["body"]["content"]
+    await dc.slash(70, "forget", {"confirm": "yes"}, guild=False)
+    assert "deleted everything" in (await dc.wait_sent(5))[4]["body"]["content"]
     tg.push_message(7, 7, "what is my name?")
     assert "Ana" not in (await tg.wait_sent(4))[3]["text"]
+
+
+async def test_link_in_a_group_gives_no_code(both):
+    """A code posted in a group could be redeemed by any member: /link works only in private chats."""
+    tg, dc = both
+    tg.push_message(-5, 7, f"/link@{BOT_USERNAME}", chat_type="group", first_name="Ana")
+    text = (await tg.wait_sent(1))[0]["text"]
+    assert "private chat" in text and not re.search(r"\b[A-Z2-9]{8}\b", text)
+    await dc.slash(70, "link", guild=True)  # the Discord slash command in a server channel
+    text = (await dc.wait_sent(1))[0]["body"]["content"]
+    assert "private chat" in text and not re.search(r"\b[A-Z2-9]{8}\b", text)
 
 
 async def test_rapport_bots_serves_both_platforms_and_stops_cleanly_on_sigterm(redis_server, tmp_path):
