@@ -146,6 +146,8 @@ class Settings:
                     kwargs[attr] = float(raw)
                 else:
                     kwargs[attr] = raw
+            except ConfigError:
+                raise
             except ValueError as exc:
                 raise ConfigError(f"{var}={raw!r} is not a valid {kind.split()[0]}") from exc
         settings = cls(**kwargs)

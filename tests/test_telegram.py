@@ -2,6 +2,7 @@
 real engine, model and Redis-protocol server."""
 import asyncio
 import json
+import logging
 import socket
 from dataclasses import replace
 
@@ -167,3 +168,53 @@ def test_split_message_prefers_line_and_sentence_boundaries():
     assert split_message("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]
     assert split_message("   ", 10) == []
     assert BOT_ID > 0
+
+
+async def test_webhook_mode_refuses_to_start_without_a_secret(tg_settings, replier):
+    settings = replace(tg_settings, telegram_mode="webhook", telegram_webhook_url="https://bot.example/hook",
+                       telegram_webhook_secret=None)
+    async with Engine.from_settings(settings, replier=replier) as engine:
+        with pytest.raises(ConfigError, match="RAPPORT_TELEGRAM_WEBHOOK_SECRET"):
+            TelegramAdapter(engine, settings)
+
+
+async def test_forged_webhook_update_is_refused(tg_settings, replier, api):
+    port = _free_port()
+    settings = replace(tg_settings, telegram_mode="webhook", telegram_webhook_url=f"http://127.0.0.1:{port}/hook",
+                       telegram_webhook_listen="127.0.0.1", telegram_webhook_port=port, telegram_webhook_secret="right")
+    async with Engine.from_settings(settings, replier=replier) as engine:
+        adapter = TelegramAdapter(engine, settings)
+        await adapter.start()
+        try:
+            forged = api.message(5, 666, "/forget yes")  # someone posing as user 666
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"http://127.0.0.1:{port}/hook", data=json.dumps(forged),
+                                     headers={"Content-Type": "application/json",
+                                              "X-Telegram-Bot-Api-Secret-Token": "wrong"}) as r:
+                    assert r.status == 403
+            await asyncio.sleep(0.5)
+            assert api.sent == []
+        finally:
+            await adapter.stop()
+
+
+async def test_logs_hold_no_token_and_no_message_text(tg_settings, replier, api, caplog):
+    """httpx logs request URLs (which hold the token) at INFO; a failing update used to be logged whole."""
+    caplog.set_level(logging.DEBUG)
+    async with Engine.from_settings(tg_settings, replier=replier) as engine:
+        adapter = TelegramAdapter(engine, tg_settings)
+        await adapter.start()
+        try:
+            api.push_message(7, 7, "my secret diary entry about zebras")
+            await api.wait_sent(1)
+            api.fail_next["sendMessage"] = [400] * 4  # the reply cannot be sent: the update fails
+            api.push_message(7, 7, "another private zebra thought")
+            sent = await api.wait_sent(2)
+            assert "went wrong" in sent[1]["text"]
+        finally:
+            await adapter.stop()
+    logged = caplog.text
+    assert "failed" in logged  # the failure is logged, by update id and type
+    assert api.token not in logged and api.token.split(":")[1] not in logged
+    info = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert "zebra" not in info  # (python-telegram-bot's own DEBUG lines show updates: -v is for developers)
