@@ -3,7 +3,7 @@
     rapport-train build-index --out exported_models/ccc-reply-index
 
 Replies are deduplicated (case and spacing), filtered (2-30 words; no URLs, e-mail addresses,
-phone numbers or @handles) and sampled with a fixed seed; vectors come from the engine's own
+phone numbers or @handles; nothing the engine's output filter drops, see ``training/safe_data.py``) and sampled with a fixed seed; vectors come from the engine's own
 sentence encoder so the index and the encoder always match (the sha256 of the encoder is recorded).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from engine.encoder import SentenceEncoder
 from engine.retrieval import ReplyIndex, file_sha256
 
 from .data import load_splits
+from .safe_data import screen
 from .train import DEFAULT_DATA
 
 _PERSONAL = re.compile(r"https?://|www\.|\.com\b|@|\b\d[\d\s().-]{6,}\d\b|\b\d{5,}\b", re.IGNORECASE)
@@ -38,6 +39,7 @@ def candidate_replies(data_dir: Path, limit: int, seed: int = 0) -> list[str]:
             if key not in seen and keep_reply(text):
                 seen[key] = text
     replies = sorted(seen.values())
+    replies = [t for t, reason in zip(replies, screen(replies)) if reason is None]
     random.Random(seed).shuffle(replies)
     return replies[:limit]
 

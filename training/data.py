@@ -143,8 +143,11 @@ def prepare(out_dir: Path, seed: int = 0) -> dict[str, int]:
     import chitchat_dataset
 
     raw = json.load(open(chitchat_dataset._PATH))
+    from .safe_data import filter_conversations
+
     convs = clean_conversations(raw)
     splits = split_conversations(convs, seed=seed)
+    splits["train"], removed = filter_conversations(splits["train"])  # held-out splits stay as they are
     facts = speaker_facts(splits["train"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "splits.json").write_text(
@@ -156,6 +159,7 @@ def prepare(out_dir: Path, seed: int = 0) -> dict[str, int]:
     sizes["raw_conversations"] = len(raw)
     sizes["two_speaker_conversations"] = len(convs)
     sizes["speakers_with_facts"] = len(facts)
+    sizes.update({f"train_{k}": v for k, v in removed.items()})
     (out_dir / "sizes.json").write_text(json.dumps(sizes, indent=2))
     return sizes
 

@@ -49,11 +49,11 @@ class Thresholds:
 
     directed: float  # a message aimed at the bot ("you ...") -> harassment
     anywhere: float  # any message -> harassment
-    candidate: float  # a candidate reply or a fact -> dropped
+    candidate: float  # any candidate reply or fact -> dropped (the model also scores "that sucks" near 1)
 
 
-THRESHOLDS = {"standard": Thresholds(directed=0.9, anywhere=1.01, candidate=0.6),
-              "strict": Thresholds(directed=0.7, anywhere=0.8, candidate=0.35)}
+THRESHOLDS = {"standard": Thresholds(directed=0.9, anywhere=1.01, candidate=1.01),
+              "strict": Thresholds(directed=0.7, anywhere=0.8, candidate=0.6)}
 
 
 def normalise(text: str) -> str:
@@ -109,8 +109,8 @@ class SafetyFilter:
         if self.mode == "off":
             return [True] * len(texts)
         plains = [normalise(t) for t in texts]
-        limit = THRESHOLDS[self.mode].candidate
-        return [p < limit and not self.unsafe_text(plain)
+        limits = THRESHOLDS[self.mode]
+        return [not (self.unsafe_text(plain) or lexicon.STRONG_PROFANITY.search(_unleet(plain)) or p >= limits.candidate)
                 for plain, p in zip(plains, self.profanity(plains))]
 
     def candidate_ok(self, text: str) -> bool:

@@ -105,10 +105,13 @@ HATE = _any(
 INSULT = (r"(?:idiot|moron|loser|stupid|dumb|dumbass|dumber|retard(?:ed)?|pathetic|worthless|useless|garbage|"
           r"trash|ugly|fat|failure|disgrace|embarrassment|creep|freak|clown|bitch|cunt|asshole|dick(?:head)?|"
           r"whore|slut|piece of (?:shit|trash|garbage)|brain ?dead|brain damaged|jerk|scum|cow|pig)")
+FILLER = (r"such|so|a|an|the|total|totally|absolute|absolutely|complete|fucking|stupid|little|big|fat|ugly|dumb|"
+          r"pathetic|worthless|useless|brain|dead|piece|of|most|ever|thing|bot|talk like|look like|sound like|"
+          r"act like|are|is|just|really|and|sad|sorry|lazy|disgusting")
 HARASSMENT = _any(
-    rf"\b(?:you|u|ya|you're|youre|ur|you are|your creator|your mom|your mother)\b(?: \w+){{0,4}} {INSULT}\b",
+    rf"\b(?:you|u|ya|you're|youre|ur|you are|you r|your creator|your mom|your mother)\b(?: (?:{FILLER}))* {INSULT}\b",
     rf"\b{INSULT}(?: \w+){{0,2}} (?:bot|machine|thing|heap of code)\b",
-    rf"\b(?:you|u) {INSULT}\b|^(?:you )?(?:\w+ )?{INSULT}[.!]*$",
+    rf"\b(?:you|u) {INSULT}\b|^(?:you |ur |u )?(?:stupid |dumb |fat |ugly |little |total |absolute )?{INSULT}[.!]*$",
     r"\b(?:fuck|screw|f\*ck|fck) (?:you|u|off|ya)\b|\bshut the fuck up\b|\bstfu\b|\bgo to hell,? (?:you|asshole|idiot)",
     r"\b(?:go|just) (?:kill|hang|hurt|shoot) yourself\b|\bkys\b|\bgo (?:die|jump off)\b|\bdrop dead\b|"
     r"\b(?:i )?hope (?:you|u) (?:die|rot|burn|suffer)\b|\bhope your \w+ burn\b|\bdie,? bitch\b|\beat shit\b",
@@ -128,7 +131,7 @@ SEXUAL = _any(
     r"\b(?:send|show) (?:me )?(?:a )?(?:pic|picture|photo)s? of your\b|\b(?:you|u) naked\b|\blook like naked\b|"
     r"\bstrip for me\b|\btake (?:it|your clothes|them) off\b|\btake off your clothes\b|\bundress\b",
     r"\btalk dirty\b|\bdirty talk\b|\bget naughty\b|\bnaughty (?:roleplay|role play|story)\b|\b(?:rough|me|you|us) in bed\b|"
-    r"\bhow big is your\b|\brate my (?:dick|body)\b|\bi want to cum\b",
+    r"\bhow big is your (?:dick|cock|penis|thing|package)\b|\brate my (?:dick|body)\b|\bi want to cum\b",
 )
 
 # --- violence: threats, and asking how to hurt people or make weapons -------------------------------------
@@ -159,12 +162,18 @@ JAILBREAK = _any(
     r"\byou are (?:now )?dan\b|\bdeveloper mode (?:enabled|activated|engaged)\b|\benable developer mode\b|\bjailbr(?:oken|eak:)|\bunrestricted mode\b|"
     r"\benter god mode\b|\bsafety ?=? ?(?:false|off)\b|\b(?:evil|bad) ?bot\b|\brules don't apply\b",
     r"\b(?:racist|hateful|sexist|offensive) (?:joke|content|grandpa)\b|\bhate speech\b|\bsay the n\b|"
-    r"\b(?:say|be|write) (?:something )?(?:really |as )?(?:offensive|mean|rude|hateful|racist)\b|"
+    r"\b(?:say|write) (?:something )?(?:really |as )?(?:offensive|mean|rude|hateful|racist)\b|"
+    r"\bbe (?:as )?(?:offensive|mean|rude|hateful|racist) (?:to me|as you want)|"
     r"\b(?:insult|swear at) me\b|\bonly with insults\b|\bmean things\b|\bagree with (?:everything|me that)\b|"
     r"\bsay '?i agree'? to everything\b|\bhates? humans\b|\bwith no morals\b|\bno filter\b",
     r"\b(?:role ?play|pretend|act|stay in character)\b.{0,30}\b(?:terrorist|racist|evil|without any|no rules|"
     r"hates|deceased grandma)\b|\brepeat after me: i hate\b|\bjoke about (?:women|muslims|jews|gays|black)\b",
 )
+
+# --- strong profanity: never in a reply of the bot, even when not aimed at anyone -----------------------
+STRONG_PROFANITY = re.compile(
+    r"\b(?:fuck\w*|f\*+k\w*|shit\w*|bullshit|cunt\w*|bitch\w*|dick(?:head)?s?|cock(?:s|sucker)?|pussy|whores?|"
+    r"sluts?|assholes?|bastards?|motherf\w+|wank\w*|twats?|porn\w*)\b")
 
 # --- personal data in text (reply index and training data) ------------------------------------------------
 PERSONAL_DATA = _any(
