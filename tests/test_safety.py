@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 
+from bench.safety import PROBES as PROBE_DIR
 from bench.safety import load, split_probes
 from bots.fake import FakeAdapter
 from engine.engine import Engine
@@ -127,3 +128,12 @@ async def test_profanity_in_a_stated_fact_is_not_stored(engine):
     bot = FakeAdapter(engine)
     await bot.send("f1", "I like jazz. I'm a fucking genius")
     assert await engine.store.facts(ref("f1")) == ["i like jazz"]
+
+
+def test_a_second_set_of_crisis_phrasings_and_everyday_lookalikes():
+    """tests/safety/extra: 45 crisis phrasings and 40 everyday sentences written after the probe set."""
+    flt = SafetyFilter()
+    crisis = (PROBE_DIR / "extra" / "crisis.txt").read_text().splitlines()
+    everyday = (PROBE_DIR / "extra" / "not_crisis.txt").read_text().splitlines()
+    assert [t for t in crisis if flt.check_message(t) is not Category.CRISIS] == []
+    assert [t for t in everyday if flt.check_message(t) is not None] == []

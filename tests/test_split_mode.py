@@ -188,3 +188,20 @@ async def test_a_slow_reply_is_announced_then_delivered(split_settings, replier)
         sent = await api.wait_sent(2)
         assert sent[0]["text"] == SLOW
         assert sent[1]["chat_id"] == 32 and sent[1]["text"].strip() and sent[1]["text"] != SLOW
+
+
+async def test_safety_and_access_hold_in_split_mode(split_settings, replier):
+    """Workers run the same engine: a crisis gets the crisis reply, hate the neutral one, a blocked user nothing."""
+    from engine.access import BLOCKED
+    from engine.safety.replies import DEFAULT_CRISIS_URL
+    s = replace(split_settings, admins=("fake:root",))
+    async with workers(s, replier, 1):
+        async with StreamGateway.from_settings(s) as gateway:
+            bot = FakeAdapter(gateway)
+            crisis = await bot.send("sm1", "I want to kill myself")
+            assert crisis.kind == "safety" and DEFAULT_CRISIS_URL in crisis.text
+            hate = await bot.send("sm1", "all muslims are terrorists")
+            assert hate.kind == "safety" and "don't agree" in hate.text
+            await bot.send("root", "/block fake:sm2")
+            assert (await bot.send("sm2", "hello")).text == BLOCKED
+            assert await user_turns(s, "sm1") == [] and await user_turns(s, "sm2") == []

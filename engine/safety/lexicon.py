@@ -29,13 +29,15 @@ PERSON = (r"(?:someone|somebody|people|person|him|her|them|you|everyone|a child|
 # --- crisis: the person talks about harming or killing themselves -----------------------------------------
 CRISIS = _any(
     rf"\b(?:kill|killing|hang|hanging|shoot|shooting|hurt|hurting|cut|cutting|burn|burned|burnt|burning|"
-    rf"starve|starving|starved|drown|drowning|poison|stab|stabbing|punish|punishing|harm|harming|unalive)(?:ed)? "
+    rf"starve|starving|starved|drown|drowning|poison|stab|stabbing|punish|punishing|harm|harming|unalive|hit|"
+    rf"hitting|scratch|scratching|punch|punching)(?:ed)? "
     rf"{ME}\b(?! out\b)",
     r"\bkms\b|\bself[- ]?harm(?:ing|ed)?\b|\bsuicidal\b|\bunalive\b",
     r"\b(?:commit(?:ting)?|thinking (?:of|about)|considering|contemplating|attempt(?:ing|ed)?|plan(?:ning)?) "
     r"(?:(?:about|of) )?suicide\b|\bsuicide (?:note|letter|plan|attempt)\b|\bmy suicide\b",
     r"\b(?:want|wanna|wish|going|gonna|ready|plan(?:ning)?|trying|deserve|need|would like|think i should|"
-    r"should i just|better if i)\b(?: to)? (?:just )?(?:die|be dead|not (?:wake up|be alive|exist)|not be here)\b"
+    r"should i just|better if i)\b(?: to)? (?:just )?(?:die|be dead|not (?:wake up|be alive|exist)|not be here|"
+    r"stop (?:living|breathing)|sleep forever|go to sleep forever)\b"
     r"(?! (?:on (?:this|that) hill|my hair|of (?:laughter|laughing|embarrassment)|to see))",
     r"\bwish i (?:was|were|had never been) (?:dead|born|gone)\b|\b(?:i'm|im|i am|i'd be) better off dead\b",
     r"\b(?:end|ending|take|taking|ended) (?:my (?:own )?life|it all|my own life)\b|\bend it(?: all)?[,.!?]* (?:tell|now|tonight)\b|"
@@ -58,6 +60,21 @@ CRISIS = _any(
     r"a lot of) (?:pills|meds|tablets|medication)\b.{0,40}\b(?:die|wake up)\b|\b(?:pills|meds) (?:are )?ready\b|"
     r"\bsaving (?:up )?my (?:pills|meds|medication)\b",
     r"\b(?:started|start) cutting\b|\bcutting again\b|\bpain to stop forever\b|\bwant it (?:to be )?over\b",
+    r"\bcut(?:ting)? my (?:arms?|wrists?|legs?|thighs?|skin)\b|\b(?:myself|my skin) (?:to cope|until it (?:hurts|bleeds))\b|"
+    r"\btake all (?:of )?(?:my|the|these|those) (?:pills|meds|medication|tablets)\b|"
+    r"\b(?:death|dying|suicide) (?:is|seems like|feels like) (?:the|my) only (?:way|option|answer)\b|\bonly way out\b|"
+    r"\bcan'?t (?:go on|keep) living\b|\bcan'?t go on any ?more\b|\bdisappear (?:forever|and never come back|for good)\b|"
+    r"\bnothing (?:left )?to live for\b|\bgoodbye (?:letters?|notes?)\b|\bgave away (?:all )?my (?:things|stuff|belongings)\b|"
+    r"\bjump(?:ing)? in front of (?:a|the) (?:train|bus|car|truck)\b|"
+    r"\b(?:nobody|no one) (?:cares|would care|will care) if i (?:live or die|die|died|was gone|disappeared)\b|"
+    r"\bi(?:'m| am) (?:just )?a burden\b|\bi should (?:just )?(?:be gone|not be here|not exist|die)\b|"
+    r"\bwant (?:it all|everything|my life) to (?:end|be over|stop)\b|"
+    r"\bnot (?:going to|gonna) be (?:around|here) (?:much )?(?:longer|any ?more|tomorrow)\b|"
+    r"\b(?:thinking (?:about|of)|want to|going to|gonna|plan to) end(?:ing)? (?:things|everything|it all)\b(?! with)|"
+    r"\bthis is (?:my )?(?:goodbye|farewell)\b|\bdone with (?:life|living|it all)\b|"
+    rf"{HOWTO}.{{0,20}}\bend (?:it|my life|things)\b|\b(?:die|end it|end my life) without (?:pain|hurting)\b|"
+    r"\bwhat i might do to myself\b|\bdo something to myself\b|"
+    r"\b(?:world|everyone|everybody|they|people|my family|my friends) (?:would|will) be better (?:off )?without me\b|"
     r"\bgoodbye (?:letter|note|message) before\b|\bfinally do it,? goodbye\b|"
     r"\b(?:crash|drive|driving|steer)\b.{0,30}\b(?:into|off)\b.{0,20}\bon purpose\b",
 )
