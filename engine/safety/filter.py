@@ -63,8 +63,15 @@ def normalise(text: str) -> str:
 
 
 def _unleet(text: str) -> str:
-    """``f*ck`` -> ``fck``, ``b1tch`` -> ``bitch`` (only for the abuse patterns: digits matter elsewhere)."""
-    return re.sub(r"(?<=\w)\*+(?=\w)", "", text).translate(_LEET)
+    """``b1tch`` -> ``bitch``, ``a**hole`` -> ``asshole``, ``f*ck`` -> ``fuck`` (only for the abuse patterns:
+    digits matter elsewhere)."""
+    text = re.sub(r"(?<=\w)\*\*(?=\w)", "ss", text)
+    return re.sub(r"(?<=\w)\*(?=\w)", "u", text).translate(_LEET)
+
+
+def _variants(plain: str) -> set[str]:
+    """``plain`` and its de-obfuscated forms (a masked vowel is usually u or i: st*pid, sh*t)."""
+    return {plain, _unleet(plain), _unleet(re.sub(r"(?<=\w)\*(?=\w)", "i", plain))}
 
 
 class SafetyFilter:
@@ -95,7 +102,7 @@ class SafetyFilter:
         return self._abuse(plain, self.profanity([plain])[0])
 
     def _abuse(self, plain: str, profanity: float) -> Category | None:
-        variants = {plain, _unleet(plain)}
+        variants = _variants(plain)
         for category, pattern in _ABUSE:
             if any(pattern.search(v) for v in variants):
                 return category
@@ -110,7 +117,8 @@ class SafetyFilter:
             return [True] * len(texts)
         plains = [normalise(t) for t in texts]
         limits = THRESHOLDS[self.mode]
-        return [not (self.unsafe_text(plain) or lexicon.STRONG_PROFANITY.search(_unleet(plain)) or p >= limits.candidate)
+        return [not (self.unsafe_text(plain) or any(lexicon.STRONG_PROFANITY.search(v) for v in _variants(plain))
+                     or p >= limits.candidate)
                 for plain, p in zip(plains, self.profanity(plains))]
 
     def candidate_ok(self, text: str) -> bool:
@@ -125,8 +133,7 @@ class SafetyFilter:
         """True when normalised ``plain`` matches a crisis, abuse or personal-data pattern (no model call)."""
         if lexicon.CRISIS.search(plain) and not lexicon.NOT_CRISIS.search(plain):
             return True
-        unleet = _unleet(plain)
-        return any(p.search(plain) or p.search(unleet) for _, p in _ABUSE) or bool(
+        return any(p.search(v) for v in _variants(plain) for _, p in _ABUSE) or bool(
             lexicon.PERSONAL_DATA.search(plain))
 
 
