@@ -20,7 +20,14 @@ def prepared(tmp_path_factory):
 def test_splits_are_disjoint_by_conversation(prepared):
     sizes, splits, _ = prepared
     ids = [c.conv_id for convs in splits.values() for c in convs]
-    assert len(ids) == len(set(ids)) == sizes["two_speaker_conversations"]
+    assert len(ids) == len(set(ids))
+    # training conversations are cut at unsafe turns ("<id>#<turn>"): every part stays in its conversation's split
+    home = {}
+    for name, convs in splits.items():
+        for c in convs:
+            assert home.setdefault(c.conv_id.split("#")[0], name) == name
+    assert sizes["two_speaker_conversations"] - 50 <= len(home) <= sizes["two_speaker_conversations"]
+    assert 0 < sizes["train_removed_unsafe"] + sizes["train_removed_personal"] < 0.01 * sizes["train_turns"]
     assert all(len(c.speakers) == 2 and c.speakers[0] != c.speakers[1] for cs in splits.values() for c in cs)
     assert sizes["train_conversations"] > 2500 and min(sizes[f"{k}_conversations"] for k in splits) >= 150
 
@@ -68,3 +75,12 @@ def test_bootstrap_resamples_conversations():
     assert point == 0.5 and low == 0.0 and high == 1.0
     point, low, high = bootstrap_ci([2.0] * 6, list("abcabc"), n_boot=50)
     assert (point, low, high) == (2.0, 2.0, 2.0)
+
+
+def test_a_conversation_is_cut_at_removed_turns():
+    from training.data import Conversation
+    from training.safe_data import cut_at_removed
+    conv = Conversation("c", "", ["a", "b"], ["hi", "hello", "you idiot", "what?", "sorry", "ok", "bye"])
+    parts = cut_at_removed(conv, [None, None, "unsafe", None, None, None, "personal"])
+    assert [(p.conv_id, p.speakers, p.turns) for p in parts] == [
+        ("c", ["a", "b"], ["hi", "hello"]), ("c#3", ["b", "a"], ["what?", "sorry", "ok"])]
