@@ -9,6 +9,7 @@ from engine.replier import context_text as engine_context_text
 from engine.text import TextCodec
 
 from .data import Conversation, Example, facts_for, make_examples
+from .persona import PersonaExample
 
 MAX_TARGET_TOKENS = 40
 FACTS_PER_SIDE = 4
@@ -45,7 +46,7 @@ class ExampleEncoder:
             return []
         return facts_for(self.facts, speaker, ex.conv_id, FACTS_PER_SIDE, rng)
 
-    def encode(self, ex: Example, user_facts: list[str], persona_facts: list[str]) -> Encoded:
+    def encode(self, ex: Example | PersonaExample, user_facts: list[str], persona_facts: list[str]) -> Encoded:
         """Source ids (persona, user facts, context) and target ids of ``ex``."""
         source = build_source_ids(self.encode_text, self.codec.special_ids, turns_of(ex),
                                   persona_facts, user_facts, self.budget)
@@ -55,7 +56,24 @@ class ExampleEncoder:
         return Encoded(source, target)
 
 
-def turns_of(ex: Example) -> list[Turn]:
+def sample_facts(facts: tuple[str, ...], rng: random.Random, drop: float, line_drop: float) -> list[str]:
+    """Persona facts as training sees them: all dropped with probability ``drop`` (the model must work
+    for someone it knows nothing about), else each line kept with probability 1 - ``line_drop``, shuffled."""
+    if rng.random() < drop:
+        return []
+    kept = [f for f in facts if rng.random() >= line_drop]
+    rng.shuffle(kept)
+    return kept
+
+
+def encode_persona(encoder: ExampleEncoder, ex: PersonaExample, rng: random.Random, drop: float,
+                   line_drop: float = 0.2) -> Encoded:
+    """A Synthetic-Persona-Chat example with the bot's and the user's persona facts (sampled)."""
+    return encoder.encode(ex, sample_facts(ex.user_facts, rng, drop, line_drop),
+                          sample_facts(ex.bot_facts, rng, drop, line_drop))
+
+
+def turns_of(ex: Example | PersonaExample) -> list[Turn]:
     """The example's context as engine turns (the last one is the user's)."""
     n = len(ex.context)
     return [Turn(t, from_user=(n - i) % 2 == 1) for i, t in enumerate(ex.context)]

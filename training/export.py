@@ -119,13 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--contexts", type=int, default=200, help="held-out contexts for the int8 agreement check")
     args = p.parse_args(argv)
+    budget = PromptBudget()
     if args.untrained:
         model, extra = build_model(warm_start=True).eval(), {"trained_examples": 0}
     else:
         model = load_checkpoint(args.checkpoint)
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["state"]
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        state, budget = ckpt["state"], PromptBudget(**ckpt.get("budget", {}))
         extra = {"trained_examples": state["examples"], "train_seconds": round(state["seconds"])}
-    report = export_model(model, args.out, heldout_sources(args.data, args.contexts), extra=extra)
+    report = export_model(model, args.out, heldout_sources(args.data, args.contexts), budget=budget, extra=extra)
     print(json.dumps(report, indent=2))
 
 

@@ -5,6 +5,14 @@
     rapport-train train --run ~/.cache/rapport/runs/scratch --scratch --max-examples 12000
     rapport-train train --run /tmp/runs/gpu --device cuda --bf16 --freeze-embeddings \
         --batch-size 128 --lr 2e-4 --max-minutes 6.5 --time-schedule --max-examples 100000000
+    rapport-train train --run ~/.cache/rapport/runs/persona --init-from ~/.cache/rapport/dequantized \
+        --persona-data ../shared/data/synthetic-persona-chat --persona-share 0.7 \
+        --facts-tokens 64 --source-tokens 192 --lr 5e-5 --bf16 --max-minutes 100 --time-schedule
+
+``--persona-data`` mixes Synthetic-Persona-Chat into every epoch (``--persona-share`` of the examples,
+the rest the chit-chat corpus), with the replying speaker's persona lines as the bot's facts and the
+other speaker's as the user's; ``--init-from`` continues from a Hugging Face folder (the shipped model,
+rebuilt by ``rapport-train dequantize``) instead of the MiniLM warm start.
 
 With ``--time-schedule`` the learning rate decays with the wall-clock budget instead of the
 planned example count (for a machine whose speed is not known in advance). The next epoch's
@@ -30,8 +38,11 @@ from tqdm import tqdm
 
 from engine.text import TextCodec
 
+from engine.prompt import PromptBudget
+
 from .data import load_facts, load_splits
-from .examples import Encoded, ExampleEncoder, all_examples
+from .examples import Encoded, ExampleEncoder, all_examples, encode_persona
+from .persona import load_persona_splits, persona_examples
 from .modeling import PAD_ID, CLS_ID, build_model, cross_attention_parameters, freeze_embeddings, minilm_dir
 
 DEFAULT_DATA = Path.home() / ".cache/rapport/data"
@@ -115,32 +126,44 @@ def encode_split(encoder: ExampleEncoder, convs, rng: random.Random, drop: float
 
 _worker_encoder: ExampleEncoder | None = None
 _worker_splits: dict | None = None
+_worker_persona: list | None = None
 
 
-def _init_epoch_worker(data_dir: Path) -> None:
-    global _worker_encoder, _worker_splits
+def _init_epoch_worker(data_dir: Path, persona_dir: Path | None, budget: PromptBudget) -> None:
+    global _worker_encoder, _worker_splits, _worker_persona
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
     _worker_splits = load_splits(data_dir)
-    _worker_encoder = ExampleEncoder(codec, load_facts(data_dir))
+    _worker_encoder = ExampleEncoder(codec, load_facts(data_dir), budget)
+    _worker_persona = [ex for c in load_persona_splits(persona_dir)["train"] for ex in persona_examples(c)] \
+        if persona_dir else []
 
 
-def _encode_epoch(seed: int, epoch: int, drop: float) -> list[Encoded]:
-    return encode_split(_worker_encoder, _worker_splits["train"], random.Random(seed * 1000 + epoch), drop)
+def _encode_epoch(seed: int, epoch: int, drop: float, persona_share: float) -> list[Encoded]:
+    rng = random.Random(seed * 1000 + epoch)
+    out = encode_split(_worker_encoder, _worker_splits["train"], rng, drop)
+    if _worker_persona and persona_share > 0:
+        n = min(len(_worker_persona), round(len(out) * persona_share / (1 - persona_share)))
+        out += [encode_persona(_worker_encoder, ex, rng, drop) for ex in rng.sample(_worker_persona, n)]
+    return out
 
 
 class EpochPrefetcher:
     """Encodes training epochs (fresh profile sampling each) one ahead, in a helper process."""
 
-    def __init__(self, data_dir: Path, seed: int, drop: float) -> None:
-        self.seed, self.drop = seed, drop
+    def __init__(self, data_dir: Path, seed: int, drop: float, persona_dir: Path | None = None,
+                 persona_share: float = 0.0, budget: PromptBudget = PromptBudget()) -> None:
+        self.seed, self.drop, self.persona_share = seed, drop, persona_share
         self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_epoch_worker, initargs=(data_dir,))
+                                        initializer=_init_epoch_worker, initargs=(data_dir, persona_dir, budget))
         self.pending: dict[int, Future] = {}
+
+    def _submit(self, epoch: int) -> Future:
+        return self.pool.submit(_encode_epoch, self.seed, epoch, self.drop, self.persona_share)
 
     def get(self, epoch: int) -> list[Encoded]:
         """Examples of ``epoch``; starts encoding ``epoch + 1``."""
-        future = self.pending.pop(epoch, None) or self.pool.submit(_encode_epoch, self.seed, epoch, self.drop)
-        self.pending[epoch + 1] = self.pool.submit(_encode_epoch, self.seed, epoch + 1, self.drop)
+        future = self.pending.pop(epoch, None) or self._submit(epoch)
+        self.pending[epoch + 1] = self._submit(epoch + 1)
         return future.result()
 
     def close(self) -> None:
@@ -172,6 +195,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-schedule", action="store_true",
                    help="decay the learning rate over --max-minutes instead of --max-examples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", type=Path, help="start from this Hugging Face folder (rapport-train dequantize)")
+    p.add_argument("--persona-data", type=Path, help="Synthetic-Persona-Chat folder to mix in (see above)")
+    p.add_argument("--persona-share", type=float, default=0.7, help="share of persona examples in an epoch")
+    p.add_argument("--facts-tokens", type=int, default=PromptBudget.max_facts_tokens,
+                   help="prompt budget of the bot's and of the user's facts, each")
+    p.add_argument("--source-tokens", type=int, default=PromptBudget.max_source_tokens, help="prompt budget")
     return p.parse_args(argv)
 
 
@@ -181,12 +210,24 @@ def main(argv: list[str] | None = None) -> None:
     args.run.mkdir(parents=True, exist_ok=True)
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
     splits, facts = load_splits(args.data), load_facts(args.data)
-    encoder = ExampleEncoder(codec, facts)
+    budget = PromptBudget(args.source_tokens, args.facts_tokens)
+    encoder = ExampleEncoder(codec, facts, budget)
     valid = encode_split(encoder, splits["valid"], random.Random(1), drop=0.0)
     valid = random.Random(2).sample(valid, 600)
     shuffled = [Encoded(valid[(i + 97) % len(valid)].source, e.target) for i, e in enumerate(valid)]
+    persona_valid, persona_other_facts = [], []
+    if args.persona_data:  # the valid half: true facts, and another conversation's user facts
+        exs = random.Random(3).sample([ex for c in load_persona_splits(args.persona_data)["valid"]
+                                       for ex in persona_examples(c)], 600)
+        persona_valid = [encoder.encode(ex, list(ex.user_facts), list(ex.bot_facts)) for ex in exs]
+        persona_other_facts = [encoder.encode(ex, list(exs[(i + 97) % len(exs)].user_facts), list(ex.bot_facts))
+                               for i, ex in enumerate(exs)]
 
-    model = build_model(warm_start=not args.scratch, seed=args.seed)
+    if args.init_from:
+        from transformers import BartForConditionalGeneration
+        model = BartForConditionalGeneration.from_pretrained(args.init_from)
+    else:
+        model = build_model(warm_start=not args.scratch, seed=args.seed)
     if args.freeze_embeddings:
         freeze_embeddings(model)
     model.to(args.device)
@@ -211,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     def save(name: str) -> None:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                     "config": model.config.to_dict(), "warm_start": not args.scratch,
-                    "frozen_embeddings": args.freeze_embeddings}, args.run / f"{name}.tmp")
+                    "frozen_embeddings": args.freeze_embeddings, "budget": budget.__dict__,
+                    "init_from": str(args.init_from or ""), "persona_data": bool(args.persona_data)},
+                   args.run / f"{name}.tmp")
         (args.run / f"{name}.tmp").replace(args.run / name)
 
     def evaluate() -> None:
@@ -220,13 +263,18 @@ def main(argv: list[str] | None = None) -> None:
         record = {"examples": state["examples"], "step": state["step"], "seconds": round(state["seconds"]),
                   "valid_token_nll": nll, "valid_token_ppl": math.exp(nll),
                   "context_gain": nll_shuffled - nll, "samples": greedy_samples(model, codec, valid[:4])}
+        if persona_valid:
+            record["persona_valid_token_nll"] = token_nll(model, persona_valid)
+            record["persona_user_facts_gain"] = token_nll(model, persona_other_facts) - record["persona_valid_token_nll"]
+            record["samples"] += greedy_samples(model, codec, persona_valid[:4])
         with open(args.run / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         tqdm.write(json.dumps({k: v for k, v in record.items() if k != "samples"}))
         for s in record["samples"]:
             tqdm.write(f"  > {s['reply']}")
-        if nll < state["best_nll"]:
-            state["best_nll"] = nll
+        score = nll + record.get("persona_valid_token_nll", 0.0)  # with persona data: the sum of both
+        if score < state["best_nll"]:
+            state["best_nll"] = score
             save("best.pt")
 
     if args.eval_only:
@@ -239,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     next_eval = (state["examples"] // args.eval_every + 1) * args.eval_every
     bar = tqdm(total=None if args.time_schedule else args.max_examples, initial=state["examples"], unit="ex",
                mininterval=10)
-    prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop)
+    prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop, args.persona_data, args.persona_share, budget)
     device_type = torch.device(args.device).type
     done = False
     while not done:
