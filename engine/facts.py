@@ -1,41 +1,69 @@
-"""Rule-based extraction of facts people state about themselves ("my name is Ana", "I like jazz")."""
+"""Rule-based extraction of facts people state about themselves ("my name is Ana", "I like jazz",
+"I go running every morning"), in the form the model was trained on: lower case, first person, no
+final punctuation ("i have a dog", "i work as a nurse", "my favorite food is pizza").
+
+A sentence is a fact when it starts (after fillers like "well", "yeah") with a first-person subject,
+is not a question, not a passing state ("i'm tired", "i'm glad", "i think ..."), not a plan or a wish
+("i will", "i would love to"), and does not lean on the conversation ("i love that about them",
+"i like it too"): those cannot stand alone in a profile.
+"""
 from __future__ import annotations
 
 import re
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+|,?\s+(?:and|but)\s+(?=(?:i|my|i'm|im)\b)", re.IGNORECASE)
-_FACT_START = re.compile(
-    r"^(?:so |well |and |but |also |actually |oh |yeah |yes |haha |lol )*"
-    r"(my name is|my name's|call me|i am|i'm|im|i like|i love|i enjoy|i hate|i work|i live|"
-    r"i have|i've got|i study|i go to|i play|i grew up|i was born|i'm from|i come from|"
-    r"my favou?rite|my job|my major|my hobby|my hobbies|my wife|my husband|my dog|my cat|"
-    r"my family|my brother|my sister|my mom|my dad|my parents|my kids|my son|my daughter)\b",
-    re.IGNORECASE,
-)
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+|,?\s+(?:and|but|so)\s+(?=(?:i|my|i'm|im|i've)\b)", re.IGNORECASE)
+_FILLERS = r"(?:(?:so|well|and|but|also|actually|oh|yeah|yes|yep|haha|lol|hey|hi|hello|wow|cool|nice|ok|okay|" \
+           r"sure|same|me too|honestly|personally|well i|i mean)[,!.]? )*"
+_FACT_START = re.compile(rf"^{_FILLERS}(my name is|my name's|call me|i'm|im|i am|i've|ive|i|my)\b", re.IGNORECASE)
+# "i <verb>" that says something passing, uncertain or about the conversation rather than the person
 _NOT_A_FACT = re.compile(
-    r"\?|^(?:i am|i'm|im) (?:not sure|sure|sorry|good|fine|ok|okay|doing|going to|gonna|glad|"
-    r"great|well|here|so|just|pretty good|alright|thinking|trying|back)\b",
+    r"\?|^(?:i|i'm|im|i am)\s+(?:also\s+|really\s+|just\s+|totally\s+|so\s+|very\s+|pretty\s+|definitely\s+)*"
+    r"(?:think|thought|guess|hope|know|knew|mean|see|agree|understand|feel|felt|wonder|bet|believe|suppose|"
+    r"would|will|'ll|ll|can|can't|cannot|could|should|might|may|must|wish|want|wanted|need|needed|hear|heard|"
+    r"say|said|told|tell|ask|asked|was just|just|am not|m not|not|don't know|dont know|didn't|did|do not|don't|"
+    r"dont|haven't|have to|had to|got to|gotta|am going|going|gonna|glad|happy|sorry|sure|fine|good|great|ok|"
+    r"okay|alright|well|here|back|doing|thinking|trying|looking forward|excited|free|busy|tired|bored|hungry|"
+    r"interested|curious|impressed|jealous|afraid that|sure that|thankful|grateful|lucky|welcome|kidding|"
+    r"joking|sold|down for|in|on it|there|so|still|let|love that|like that|love it|like it|love to hear|"
+    r"love hearing|would love|always happy|up for|on my way|about to|starting to|beginning to|"
+    r"a little|kind of|sort of)\b",
     re.IGNORECASE,
 )
+# leaning on the conversation: an object that only the context explains
+_CONTEXT_BOUND = re.compile(r"\b(?:it|them|that|this|those|these|they|him|her|he|she|there|one|you|your|"
+                            r"yours|ours|we|us)\b", re.IGNORECASE)
+_TRAILING = re.compile(r"(?:,?\s+(?:too|as well|also|either|lol|haha|though|actually|really))+$", re.IGNORECASE)
 _NAME = re.compile(r"\b(?:my name is|my name's|call me|i am called|i'm called)\s+([A-Za-z][\w'-]{0,30})",
                    re.IGNORECASE)
 _NON_NAMES = {"not", "a", "the", "just", "so", "very", "really", "also", "actually", "is"}
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split text into sentences on ., !, ? and newlines."""
+    """Split text into sentences on ., !, ?, ; and newlines (and "and I ...")."""
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
+def fact_of(sentence: str, min_words: int = 3, max_words: int = 20) -> str | None:
+    """The fact a sentence states about its speaker, in profile form, or None."""
+    start = _FACT_START.search(sentence)
+    if not start:
+        return None
+    fact = sentence[start.start(1):].strip(" .!,;:").lower()
+    fact = re.sub(r"^im\b", "i'm", re.sub(r"^ive\b", "i've", fact))
+    fact = _TRAILING.sub("", fact).strip(" .!,;:")
+    if "?" in sentence or _NOT_A_FACT.search(fact) or _CONTEXT_BOUND.search(fact) or re.search(r"[\[\]()<>]", fact):
+        return None
+    if re.fullmatch(r"my (?:favou?rite|fave)(?: one)? (?:is|are) .*", fact):  # "my favorite is ..." has no topic
+        return None
+    return fact if min_words <= len(fact.split()) <= max_words else None
+
+
 def extract_facts(text: str, min_words: int = 3, max_words: int = 20) -> list[str]:
-    """Self-disclosure sentences of ``text``, lower-cased, without trailing punctuation."""
+    """Self-disclosure sentences of ``text`` as profile facts (see the module docstring)."""
     facts = []
     for sentence in split_sentences(text):
-        start = _FACT_START.search(sentence)
-        if not start or _NOT_A_FACT.search(sentence[start.start():]):
-            continue
-        fact = sentence[start.start():].strip(" .!,;").lower()
-        if min_words <= len(fact.split()) <= max_words:
+        fact = fact_of(sentence, min_words, max_words)
+        if fact and fact not in facts:
             facts.append(fact)
     name = extract_name(text)
     if name and not any(f.startswith(("my name", "call me")) for f in facts):

@@ -149,7 +149,8 @@ class Replier:
         return build_source_ids(self.codec.encode, self.codec.special_ids, turns, persona, user_facts, self.budget)
 
     def candidates(self, source: list[int], style: str) -> list[tuple[str, float]]:
-        """Distinct non-empty (text, mean log-prob) candidates of every decoding setting of ``style``."""
+        """Distinct non-empty (text, mean log-prob) candidates of every decoding setting of ``style``; a
+        candidate cut at the token limit is trimmed to its last complete sentence or dropped."""
         return self.candidates_batch([source], [style])[0]
 
     def candidates_batch(self, sources: list[list[int]], styles: list[str]) -> list[list[tuple[str, float]]]:
@@ -163,7 +164,9 @@ class Replier:
                 for i, cands in zip(members, self.model.generate_batch([sources[i] for i in members], config)):
                     for cand in cands:
                         text = self.codec.decode(list(cand.ids))
-                        if _WORD.search(text) and text not in found[i]:
+                        if not cand.ids or cand.ids[-1] != self.model.eos_id:  # cut at the token limit
+                            text = complete_sentences(text)
+                        if text and _WORD.search(text) and text not in found[i]:
                             found[i][text] = cand.mean_logprob
         return [list(f.items()) for f in found]
 
@@ -274,6 +277,13 @@ class Replier:
             replies[i] = self.rank(context_vecs.get(i), list(pools[n].items()), req.profile, recents[n],
                                    req.style, vectors[n])[0]
         return [(replies.get(i), message_vecs[i]) for i in range(len(requests))]
+
+
+def complete_sentences(text: str) -> str:
+    """``text`` up to its last complete sentence ("" when it has none): a reply cut at the token limit
+    ("i don't know. i'm going to go to bed. i") must not end mid-sentence."""
+    ends = [m.end() for m in re.finditer(r"[.!?]+(?=\s|$)", text)]
+    return text[: ends[-1]].strip() if ends else ""
 
 
 def context_text(turns: Sequence[str]) -> str:

@@ -56,3 +56,32 @@ def test_clean_text():
     assert clean_text(b"caf\xc3\xa9 \xff", 100) == ("café \ufffd", False)
     assert clean_text("x" * 50, 10) == ("x" * 10, True)
     assert clean_text("\ud800 ok", 10)[0].endswith("ok")
+
+
+def test_a_cut_reply_is_trimmed_to_its_last_sentence():
+    from engine.replier import complete_sentences
+    assert complete_sentences("i don't know. i'm going to go to bed. i") == "i don't know. i'm going to go to bed."
+    assert complete_sentences("what?! no way") == "what?!"
+    assert complete_sentences("i like the 3.5 version and") == ""
+
+
+def test_habits_jobs_and_pets_are_facts_and_passing_states_are_not():
+    assert extract_facts("I play tennis every Saturday with my brother.") == ["i play tennis every saturday with my brother"]
+    assert extract_facts("I'm from Lisbon, and I love surfing") == ["i'm from lisbon", "i love surfing"]
+    assert extract_facts("My dog is called Rex. I work as a nurse") == ["my dog is called rex", "i work as a nurse"]
+    assert extract_facts("i love my dog too") == ["i love my dog"]
+    for passing in ("I think it is great", "I would love to visit Japan", "I'm so tired today", "I love that about them",
+                    "I like it too", "I'm [user 2's name]", "do I like jazz?"):
+        assert extract_facts(passing) == [], passing
+
+
+def test_questions_about_any_stored_fact_are_answered_from_memory():
+    facts = ["my name is ana", "i have a dog named rex", "i work as a nurse", "i go running every morning",
+             "i live in lisbon"]
+    assert answer_from_memory("what's my dog's name?", facts) == "You told me: you have a dog named rex."
+    assert answer_from_memory("what do I do for work?", facts) == "You told me: you work as a nurse."
+    assert answer_from_memory("what are my hobbies?", facts) == "You told me: you go running every morning."
+    assert answer_from_memory("where do I live?", facts) == "You told me: you live in lisbon."
+    assert answer_from_memory("how old am I?", facts) == "You haven't told me about your age yet."
+    assert answer_from_memory("what do you do for work?", facts) is None  # about the bot: the model answers
+    assert answer_from_memory("I love my dog", facts) is None
