@@ -85,3 +85,23 @@ def test_questions_about_any_stored_fact_are_answered_from_memory():
     assert answer_from_memory("how old am I?", facts) == "You haven't told me about your age yet."
     assert answer_from_memory("what do you do for work?", facts) is None  # about the bot: the model answers
     assert answer_from_memory("I love my dog", facts) is None
+
+
+def test_the_prompt_fits_five_bot_and_five_user_facts():
+    """The persona-trained budget (192 tokens, 64 per side) holds 5 + 5 typical persona lines and the turns."""
+    import json
+
+    from engine.config import DEFAULT_MODEL
+    from engine.prompt import PromptBudget, Turn, build_source_ids
+    from engine.text import TextCodec
+    codec = TextCodec.from_file(DEFAULT_MODEL / "tokenizer.json")
+    bot = ["i love to bake cookies", "i have two dogs", "knitting is my passion", "i live near the sea",
+           "my favorite band is the beatles"]
+    user = ["i work as a nurse", "i go running every morning", "i have a cat named milo", "i grew up in ohio",
+            "my sister is a teacher"]
+    budget = PromptBudget(max_source_tokens=192, max_facts_tokens=64)
+    ids = build_source_ids(codec.encode, codec.special_ids, [Turn("hi! how are you today?", True)], bot, user, budget)
+    text = codec.decode(ids)
+    assert all(fact.split()[-1] in text for fact in bot + user) and "how are you today" in text
+    shipped = json.loads((DEFAULT_MODEL / "rapport_config.json").read_text())["prompt_budget"]
+    assert PromptBudget(**shipped).max_source_tokens <= 256  # the model's positions
