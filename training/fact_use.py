@@ -1,0 +1,98 @@
+"""Does the model use the facts it is given? Reply NLL with the true facts vs another conversation's.
+
+    python -m training.fact_use --model exported_models/rapport-chat-small [--split valid] [--n 3000]
+
+On Synthetic-Persona-Chat (``valid`` while developing, ``test`` once at the end), for the exported
+ONNX model as the engine runs it, with the prompt budget of the model's ``rapport_config.json``:
+- *user-fact-dependent* turns: the true reply uses a content word of the user's facts that is neither
+  in the visible history nor in the bot's own persona; gain = NLL/token with a shuffled user profile
+  (the next conversation's) minus NLL with the true one;
+- *persona-dependent* turns: likewise for the bot's persona (content word not in the history nor in the
+  user's facts), shuffling the bot's persona;
+- all turns, both gains.
+Bootstrap 95% intervals resample whole conversations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from engine.prompt import PromptBudget
+from engine.seq2seq import Seq2SeqModel
+from engine.text import TextCodec
+
+from .examples import ExampleEncoder
+from .fact_eval import content_words
+from .metrics import bootstrap_ci
+from .persona import PersonaExample, load_persona_splits, persona_examples
+
+
+def depends_on(ex: PersonaExample, facts: tuple[str, ...], other: tuple[str, ...]) -> bool:
+    """Does the reply use a content word of ``facts`` not seen in the history nor in ``other``?"""
+    seen = content_words(" ".join(ex.context)) | content_words(" ".join(other))
+    return bool((content_words(ex.reply) & content_words(" ".join(facts))) - seen)
+
+
+def nll_per_token(model: Seq2SeqModel, sources: list[list[int]], targets: list[list[int]], batch: int = 32) -> np.ndarray:
+    """Mean NLL per target token of each (source, target)."""
+    out = []
+    for i in range(0, len(sources), batch):
+        logp = model.score(sources[i: i + batch], targets[i: i + batch])
+        out += [-float(row.sum()) / len(t) for row, t in zip(logp, targets[i: i + batch])]
+    return np.array(out)
+
+
+def evaluate(model_dir: Path, split: str = "valid", n: int = 3000, seed: int = 0, threads: int = 2) -> dict:
+    """The gains described in the module docstring."""
+    model = Seq2SeqModel.from_dir(model_dir, threads)
+    codec = TextCodec.from_file(model_dir / "tokenizer.json")
+    config = json.loads((model_dir / "rapport_config.json").read_text())
+    encoder = ExampleEncoder(codec, {}, PromptBudget(**config.get("prompt_budget", {})))
+    examples = [ex for c in load_persona_splits()[split] for ex in persona_examples(c)]
+    examples = random.Random(seed).sample(examples, min(n, len(examples)))
+    others = examples[97:] + examples[:97]  # another conversation's facts (a fixed rotation)
+    targets = [encoder.encode_text(ex.reply)[:40] + [model.eos_id] for ex in examples]
+    sources = {
+        "true": [encoder.encode(ex, list(ex.user_facts), list(ex.bot_facts)).source for ex in examples],
+        "user_shuffled": [encoder.encode(ex, list(o.user_facts), list(ex.bot_facts)).source
+                          for ex, o in zip(examples, others)],
+        "persona_shuffled": [encoder.encode(ex, list(ex.user_facts), list(o.bot_facts)).source
+                             for ex, o in zip(examples, others)],
+    }
+    nll = {name: nll_per_token(model, src, targets) for name, src in sources.items()}
+    groups = [ex.conv_id for ex in examples]
+    user_dep = np.array([depends_on(ex, ex.user_facts, ex.bot_facts) for ex in examples])
+    bot_dep = np.array([depends_on(ex, ex.bot_facts, ex.user_facts) for ex in examples])
+    result = {"model": str(model_dir), "split": split, "examples": len(examples), "seed": seed,
+              "nll_true": float(nll["true"].mean())}
+    for name, shuffled, mask in (("user_facts", "user_shuffled", user_dep), ("persona", "persona_shuffled", bot_dep)):
+        gain = nll[shuffled] - nll["true"]
+        point, low, high = bootstrap_ci(gain, groups)
+        result[f"{name}_gain_all"] = [point, low, high]
+        sel = np.flatnonzero(mask)
+        point, low, high = bootstrap_ci(gain[sel], [groups[i] for i in sel])
+        result[f"{name}_gain_dependent"] = [point, low, high]
+        result[f"{name}_dependent_turns"] = int(mask.sum())
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--split", default="valid", choices=("valid", "test"))
+    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    result = evaluate(args.model, args.split, args.n)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
