@@ -19,6 +19,7 @@ from .config import Settings
 from .facts import extract_facts
 from .keyed_lock import KeyedLocks
 from .memory import answer_from_memory
+from .persona_guard import answer_about_self
 from .messages import DUPLICATE, IGNORED, IncomingMessage, OutgoingMessage
 from .profile import update_profile
 from .prompt import Turn
@@ -190,7 +191,7 @@ class Engine:
         vector, seen = await self.store.vector(ref)
         prefs = await self.store.prefs(ref)
         turns = [Turn(t.text, t.role == "user") for t in history] + [Turn(text, True)]
-        reply = answer_from_memory(text, facts)
+        reply = answer_from_memory(text, facts) or answer_about_self(text, list(self.settings.persona))
         scored, message_vec = await self.batcher.submit(ReplyRequest(
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
             needs_reply=reply is None, keep=self.safety.candidates_ok))

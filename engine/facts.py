@@ -38,6 +38,18 @@ _NAME = re.compile(r"\b(?:my name is|my name's|call me|i am called|i'm called)\s
 _NON_NAMES = {"not", "a", "the", "just", "so", "very", "really", "also", "actually", "is"}
 
 
+_STOP = set("""a an the i i'm im my me mine you your is am are was were be been being to of in on at for with and or but
+so do does did have has had it its it's this that these those there here as by from about very really just also
+too not no yes like love enjoy get got go going can will would could should want wanted lot lots much many some
+any all one two than then when what who how why where which up out over into more most own i've i'd ive""".split())
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words of ``text`` that carry content (no stop words), crudely singularised."""
+    return {w.rstrip("s") if len(w) > 3 else w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
 def split_sentences(text: str) -> list[str]:
     """Split text into sentences on ., !, ?, ; and newlines (and "and I ...")."""
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]

@@ -19,6 +19,7 @@ import numpy as np
 
 from .encoder import SentenceEncoder
 from .generation import GenerationConfig
+from .persona_guard import claims_user_facts
 from .profile import recommender_score
 from .retrieval import ReplyIndex
 from .prompt import PromptBudget, Turn, build_source_ids
@@ -196,7 +197,8 @@ class Replier:
         return out
 
     def features(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]],
-                 profile: np.ndarray | None, recent: list[str], vectors: np.ndarray | None = None) -> CandidateFeatures:
+                 profile: np.ndarray | None, recent: list[str], vectors: np.ndarray | None = None,
+                 claims: np.ndarray | None = None) -> CandidateFeatures:
         """Score parts of ``cands`` ((text, mean log-prob) pairs); without an encoder (``context_vec``
         None) ranker and profile parts are 0. ``vectors``: the embeddings of the candidate texts then
         of ``recent``, when the caller embedded them already."""
@@ -204,6 +206,8 @@ class Replier:
         gen = np.array([s for _, s in cands], dtype=np.float32)
         seen = {t.lower() for t in recent}
         echo = np.array([t.lower() in seen for t in texts], dtype=np.float32)
+        if claims is not None:  # claiming the user's facts as the bot's own costs as much as a repeat
+            echo = np.maximum(echo, claims)
         if context_vec is None:
             ranker = np.zeros(len(texts), dtype=np.float32)
             prof = np.zeros(len(texts), dtype=np.float32)
@@ -222,9 +226,11 @@ class Replier:
         return replace(self.weights, **{k: getattr(self.weights, k) * v for k, v in scale.items()})
 
     def rank(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]], profile: np.ndarray | None,
-             recent: list[str], style: str = "balanced", vectors: np.ndarray | None = None) -> list[ScoredReply]:
-        """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn loses 1."""
-        f = self.features(context_vec, cands, profile, recent, vectors)
+             recent: list[str], style: str = "balanced", vectors: np.ndarray | None = None,
+             claims: np.ndarray | None = None) -> list[ScoredReply]:
+        """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn, or
+        claiming the user's facts (``claims``), loses 1."""
+        f = self.features(context_vec, cands, profile, recent, vectors, claims)
         scores = self.weights_for(style).score(f)
         return [ScoredReply(f.texts[i], float(scores[i]), float(f.ranker[i]), float(f.generator[i]),
                             float(f.profile[i])) for i in np.argsort(-scores)]
@@ -274,8 +280,9 @@ class Replier:
             if not pools[n]:
                 replies[i] = ScoredReply(SAFE_FALLBACK if had_candidates[n] else LOST_FOR_WORDS, 0.0, 0.0, 0.0, 0.0)
                 continue
+            claims = claims_user_facts(list(pools[n]), req.user_facts, req.persona)
             replies[i] = self.rank(context_vecs.get(i), list(pools[n].items()), req.profile, recents[n],
-                                   req.style, vectors[n])[0]
+                                   req.style, vectors[n], claims)[0]
         return [(replies.get(i), message_vecs[i]) for i in range(len(requests))]
 
 

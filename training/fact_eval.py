@@ -12,23 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
-from engine.facts import extract_facts
+from engine.facts import content_words, extract_facts
 
 from .persona import load_persona_splits
-
-STOP = set("""a an the i i'm im my me mine you your is am are was were be been being to of in on at for with and or but
-so do does did have has had it its it's this that these those there here as by from about very really just also
-too not no yes like love enjoy get got go going can will would could should want wanted lot lots much many some
-any all one two than then when what who how why where which up out over into more most own am im i've i'd ive""".split())
-_WORD = re.compile(r"[a-z0-9']+")
-
-
-def content_words(text: str) -> set[str]:
-    """Lower-case words of ``text`` that carry content (no stop words), crudely singularised."""
-    return {w.rstrip("s") if len(w) > 3 else w for w in _WORD.findall(text.lower()) if w not in STOP}
-
 
 def matches(fact: str, line: str) -> bool:
     """Does extracted ``fact`` say persona ``line``?"""
