@@ -18,9 +18,8 @@ from engine.config import DEFAULT_ENCODER
 from engine.encoder import SentenceEncoder
 from engine.retrieval import ReplyIndex, file_sha256
 
-from .data import load_splits
+from .data import DEFAULT_DATA, load_splits
 from .safe_data import screen
-from .train import DEFAULT_DATA
 
 _PERSONAL = re.compile(r"https?://|www\.|\.com\b|@|\b\d[\d\s().-]{6,}\d\b|\b\d{5,}\b", re.IGNORECASE)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from engine.facts import extract_facts
 
 SPLITS = ("train", "valid", "test", "known_user", "new_user")
+DEFAULT_DATA = Path.home() / ".cache/rapport/data"  # where `rapport-train prepare` writes by default
 
 
 @dataclass

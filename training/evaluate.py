@@ -29,10 +29,9 @@ from engine.prompt import PromptBudget
 from engine.seq2seq import Seq2SeqModel
 from engine.text import TextCodec
 
-from .data import Example, facts_for, load_facts, load_splits
+from .data import DEFAULT_DATA, Example, facts_for, load_facts, load_splits
 from .examples import FACTS_PER_SIDE, ExampleEncoder, all_examples, context_text
 from .metrics import bootstrap_ci, distinct_n, hits_at_1, unigram_f1, word_count, word_perplexity
-from .train import DEFAULT_DATA
 
 CONSTANT_REPLY = "i am good how are you"
 DECODING = GenerationConfig(max_new_tokens=32, no_repeat_ngram_size=3)

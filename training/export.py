@@ -24,12 +24,12 @@ from engine.prompt import PromptBudget
 from engine.seq2seq import Seq2SeqModel
 from engine.text import TextCodec
 
-from .data import load_facts, load_splits
+from .data import DEFAULT_DATA, load_facts, load_splits
 from .examples import ExampleEncoder
 from .modeling import build_model, minilm_dir
 from .onnx_export import export_onnx, merge_decoder_files, write_runtime_config
 from .onnx_quantize import quantize_dir
-from .train import DEFAULT_DATA, encode_split
+from .train import encode_split
 
 CCC_LICENCE = ("Training data: BYU Chit-Chat Challenge corpus via the `chitchat-dataset` package on PyPI "
                "(MIT licence, https://github.com/BYU-PCCL/chitchat-dataset).\n")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import DEFAULT_DATA
 from .modeling import minilm_dir
-from .train import DEFAULT_DATA
 
 
 class _TokenStates(torch.nn.Module):

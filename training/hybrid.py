@@ -31,11 +31,10 @@ from engine.profile import update_profile
 from engine.replier import CandidateFeatures, RankWeights, Replier
 from engine.retrieval import ReplyIndex
 
-from .data import Example
+from .data import DEFAULT_DATA, Example
 from .evaluate import Evaluator, Sizes, _ci, write_card_from_files
 from .examples import turns_of
 from .metrics import distinct_n, unigram_f1
-from .train import DEFAULT_DATA
 
 GENERATOR_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 PROFILE_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .train import DEFAULT_DATA
+from .data import DEFAULT_DATA
 
 
 def read_log(run: Path | None) -> list[dict]:

@@ -5,8 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .data import prepare
-from .train import DEFAULT_DATA
+from .data import DEFAULT_DATA, prepare
 
 
 def main(argv: list[str] | None = None) -> None:

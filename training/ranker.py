@@ -22,10 +22,9 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .data import Example, load_splits
+from .data import DEFAULT_DATA, Example, load_splits
 from .examples import all_examples, context_text
 from .modeling import copy_minilm_files, minilm_dir
-from .train import DEFAULT_DATA
 
 SCALE = 20.0
 MAX_CONTEXT_TOKENS, MAX_REPLY_TOKENS = 128, 64

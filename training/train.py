@@ -40,12 +40,10 @@ from engine.text import TextCodec
 
 from engine.prompt import PromptBudget
 
-from .data import load_facts, load_splits
+from .data import DEFAULT_DATA, load_facts, load_splits
 from .examples import Encoded, ExampleEncoder, all_examples, encode_persona
 from .persona import load_persona_splits, persona_examples
 from .modeling import PAD_ID, CLS_ID, build_model, cross_attention_parameters, freeze_embeddings, minilm_dir
-
-DEFAULT_DATA = Path.home() / ".cache/rapport/data"
 
 
 def collate(batch: list[Encoded]) -> dict[str, torch.Tensor]:
