@@ -2,7 +2,7 @@
 
     rapport-train eval --model exported_models/rapport-chat-small --run ~/.cache/rapport/runs/warm
 
-Metrics (DESIGN.md, "Measurement protocol"): word-level perplexity, Hits@1/20 (19 random
+Metrics (the design's measurement protocol, ../shared/DESIGN.md): word-level perplexity, Hits@1/20 (19 random
 distractors from the same split), ParlAI unigram F1 and distinct-1/2 of greedy replies, with
 bootstrap 95% intervals by conversation; the user's profile facts true / shuffled / none.
 Baselines: retrieval (reply of the nearest training context by the ``--encoder``'s cosine), that
