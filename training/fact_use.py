@@ -26,15 +26,8 @@ from engine.seq2seq import Seq2SeqModel
 from engine.text import TextCodec
 
 from .examples import ExampleEncoder
-from .fact_eval import content_words
 from .metrics import bootstrap_ci
-from .persona import PersonaExample, load_persona_splits, persona_examples
-
-
-def depends_on(ex: PersonaExample, facts: tuple[str, ...], other: tuple[str, ...]) -> bool:
-    """Does the reply use a content word of ``facts`` not seen in the history nor in ``other``?"""
-    seen = content_words(" ".join(ex.context)) | content_words(" ".join(other))
-    return bool((content_words(ex.reply) & content_words(" ".join(facts))) - seen)
+from .persona import depends_on, load_persona_splits, persona_examples
 
 
 def nll_per_token(model: Seq2SeqModel, sources: list[list[int]], targets: list[list[int]], batch: int = 32) -> np.ndarray:

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.facts import content_words
+
 from .data import normalise
 
 DEFAULT_PERSONA_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "synthetic-persona-chat"
@@ -104,3 +106,15 @@ def persona_line_overlap(test: list[PersonaConversation], train: list[PersonaCon
     seen = {line for c in train for p in c.personas for line in p}
     lines = {line for c in test for p in c.personas for line in p}
     return len(lines & seen) / max(1, len(lines))
+
+
+def depends_on(ex: PersonaExample, facts: tuple[str, ...], other: tuple[str, ...]) -> bool:
+    """Does the reply use a content word of ``facts`` that is neither in the history nor in ``other``?
+    (a *fact-dependent* turn: only the facts explain it)"""
+    seen = content_words(" ".join(ex.context)) | content_words(" ".join(other))
+    return bool((content_words(ex.reply) & content_words(" ".join(facts))) - seen)
+
+
+def fact_dependent(ex: PersonaExample) -> bool:
+    """True when the reply draws on the user's facts or on the bot's persona (see :func:`depends_on`)."""
+    return depends_on(ex, ex.user_facts, ex.bot_facts) or depends_on(ex, ex.bot_facts, ex.user_facts)

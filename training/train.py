@@ -42,7 +42,7 @@ from engine.prompt import PromptBudget
 
 from .data import DEFAULT_DATA, load_facts, load_splits
 from .examples import Encoded, ExampleEncoder, all_examples, encode_persona
-from .persona import load_persona_splits, persona_examples
+from .persona import fact_dependent, load_persona_splits, persona_examples
 from .modeling import PAD_ID, CLS_ID, build_model, cross_attention_parameters, freeze_embeddings, minilm_dir
 
 
@@ -125,23 +125,29 @@ def encode_split(encoder: ExampleEncoder, convs, rng: random.Random, drop: float
 _worker_encoder: ExampleEncoder | None = None
 _worker_splits: dict | None = None
 _worker_persona: list | None = None
+_worker_dependent: list | None = None
 
 
 def _init_epoch_worker(data_dir: Path, persona_dir: Path | None, budget: PromptBudget) -> None:
-    global _worker_encoder, _worker_splits, _worker_persona
+    global _worker_encoder, _worker_splits, _worker_persona, _worker_dependent
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
     _worker_splits = load_splits(data_dir)
     _worker_encoder = ExampleEncoder(codec, load_facts(data_dir), budget)
     _worker_persona = [ex for c in load_persona_splits(persona_dir)["train"] for ex in persona_examples(c)] \
         if persona_dir else []
+    _worker_dependent = [ex for ex in _worker_persona if fact_dependent(ex)]
 
 
-def _encode_epoch(seed: int, epoch: int, drop: float, persona_share: float) -> list[Encoded]:
+def _encode_epoch(seed: int, epoch: int, drop: float, persona_share: float, fact_boost: int = 0) -> list[Encoded]:
     rng = random.Random(seed * 1000 + epoch)
     out = encode_split(_worker_encoder, _worker_splits["train"], rng, drop)
     if _worker_persona and persona_share > 0:
         n = min(len(_worker_persona), round(len(out) * persona_share / (1 - persona_share)))
         out += [encode_persona(_worker_encoder, ex, rng, drop) for ex in rng.sample(_worker_persona, n)]
+        if fact_boost > 0:  # turns only the facts explain, again, with their facts kept: make the facts salient
+            boosted = [ex for ex in _worker_dependent for _ in range(fact_boost)]
+            out += [encode_persona(_worker_encoder, ex, rng, 0.0, line_drop=0.0)
+                    for ex in rng.sample(boosted, min(len(boosted), n // 4))]
     return out
 
 
@@ -149,14 +155,14 @@ class EpochPrefetcher:
     """Encodes training epochs (fresh profile sampling each) one ahead, in a helper process."""
 
     def __init__(self, data_dir: Path, seed: int, drop: float, persona_dir: Path | None = None,
-                 persona_share: float = 0.0, budget: PromptBudget = PromptBudget()) -> None:
-        self.seed, self.drop, self.persona_share = seed, drop, persona_share
+                 persona_share: float = 0.0, budget: PromptBudget = PromptBudget(), fact_boost: int = 0) -> None:
+        self.seed, self.drop, self.persona_share, self.fact_boost = seed, drop, persona_share, fact_boost
         self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_epoch_worker, initargs=(data_dir, persona_dir, budget))
         self.pending: dict[int, Future] = {}
 
     def _submit(self, epoch: int) -> Future:
-        return self.pool.submit(_encode_epoch, self.seed, epoch, self.drop, self.persona_share)
+        return self.pool.submit(_encode_epoch, self.seed, epoch, self.drop, self.persona_share, self.fact_boost)
 
     def get(self, epoch: int) -> list[Encoded]:
         """Examples of ``epoch``; starts encoding ``epoch + 1``."""
@@ -196,6 +202,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from", type=Path, help="start from this Hugging Face folder (rapport-train dequantize)")
     p.add_argument("--persona-data", type=Path, help="Synthetic-Persona-Chat folder to mix in (see above)")
     p.add_argument("--persona-share", type=float, default=0.7, help="share of persona examples in an epoch")
+    p.add_argument("--fact-boost", type=int, default=0,
+                   help="add fact-dependent persona turns this many times over (facts kept), up to 1/4 of the persona part")
     p.add_argument("--facts-tokens", type=int, default=PromptBudget.max_facts_tokens,
                    help="prompt budget of the bot's and of the user's facts, each")
     p.add_argument("--source-tokens", type=int, default=PromptBudget.max_source_tokens, help="prompt budget")
@@ -285,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     next_eval = (state["examples"] // args.eval_every + 1) * args.eval_every
     bar = tqdm(total=None if args.time_schedule else args.max_examples, initial=state["examples"], unit="ex",
                mininterval=10)
-    prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop, args.persona_data, args.persona_share, budget)
+    prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop, args.persona_data, args.persona_share, budget,
+                               args.fact_boost)
     device_type = torch.device(args.device).type
     done = False
     while not done:
