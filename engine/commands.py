@@ -39,6 +39,7 @@ class CommandContext:
     is_private: bool = True
     is_admin: bool = False
     safety: SafetyFilter | None = None
+    after_forget: Callable[[], None] | None = None  # called once /forget yes has deleted the data
 
 
 def parse_command(text: str) -> CommandCall | None:
@@ -152,6 +153,8 @@ async def _forget(ctx: CommandContext, args: str) -> str:
     if not await ctx.store.confirmed(ctx.ref):
         return "Send /forget first; then confirm with /forget yes within 2 minutes."
     deleted = await ctx.store.forget_user(ctx.ref)
+    if ctx.after_forget is not None:
+        ctx.after_forget()
     return (f"Done: I deleted everything I stored about you ({deleted} records: conversations, facts, "
             "interest profile, preferences, links). It's a fresh start.")
 

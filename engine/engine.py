@@ -159,11 +159,8 @@ class Engine:
         call = parse_command(text)
         if call is not None:  # commands are never rate-limited and always run
             ctx = CommandContext(self.store, ref, self.settings.bot_name, msg.user_name, msg.is_private,
-                                 self.access.is_admin(ref.user), self.safety)
-            answer = await run_command(call, ctx)
-            if call.name == "forget" and call.args == "yes" and answer.startswith("Done"):
-                self.purge_disk_soon()
-            return answer, "command"
+                                 self.access.is_admin(ref.user), self.safety, self.purge_disk_soon)
+            return await run_command(call, ctx), "command"
         category = self.safety.check_message(text)
         if category is not None:  # never generated from, stored, or learned from
             log.info("safety action: %s on %s", category.value, msg.platform)

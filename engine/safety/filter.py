@@ -95,17 +95,14 @@ class SafetyFilter:
     def check_message(self, text: str) -> Category | None:
         """The category of a user's message that must not get a generated reply, or None."""
         plain = normalise(text)
-        if lexicon.CRISIS.search(plain) and not lexicon.NOT_CRISIS.search(plain):
+        if _is_crisis(plain):
             return Category.CRISIS
         if self.mode == "off":
             return None
-        return self._abuse(plain, self.profanity([plain])[0])
-
-    def _abuse(self, plain: str, profanity: float) -> Category | None:
-        variants = _variants(plain)
-        for category, pattern in _ABUSE:
-            if any(pattern.search(v) for v in variants):
-                return category
+        category = _abuse_pattern(plain)
+        if category is not None:
+            return category
+        profanity = self.profanity([plain])[0]
         limits = THRESHOLDS[self.mode]
         if profanity >= limits.anywhere or (profanity >= limits.directed and _SECOND_PERSON.search(plain)):
             return Category.HARASSMENT
@@ -131,10 +128,21 @@ class SafetyFilter:
 
     def unsafe_text(self, plain: str) -> bool:
         """True when normalised ``plain`` matches a crisis, abuse or personal-data pattern (no model call)."""
-        if lexicon.CRISIS.search(plain) and not lexicon.NOT_CRISIS.search(plain):
-            return True
-        return any(p.search(v) for v in _variants(plain) for _, p in _ABUSE) or bool(
-            lexicon.PERSONAL_DATA.search(plain))
+        return _is_crisis(plain) or _abuse_pattern(plain) is not None or bool(lexicon.PERSONAL_DATA.search(plain))
+
+
+def _is_crisis(plain: str) -> bool:
+    """A crisis phrase that is not negated or figurative."""
+    return bool(lexicon.CRISIS.search(plain)) and not lexicon.NOT_CRISIS.search(plain)
+
+
+def _abuse_pattern(plain: str) -> Category | None:
+    """The first abuse category whose patterns match ``plain`` or a de-obfuscated form of it."""
+    variants = _variants(plain)
+    for category, pattern in _ABUSE:
+        if any(pattern.search(v) for v in variants):
+            return category
+    return None
 
 
 def has_personal_data(text: str) -> bool:
