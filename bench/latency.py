@@ -83,21 +83,22 @@ def per_token_latency_ms(replier: Replier, tokens: int = 48, repeats: int = 5) -
 
 
 async def reply_latencies(replier: Replier, users: int, messages: int, settings: Settings | None = None,
-                          tag: str = "bench") -> list[float]:
-    """Seconds from send to reply for ``users`` concurrent users sending ``messages`` each, one after
-    another (user ids ``{tag}{k}``); on a throwaway Redis server unless ``settings`` name one."""
+                          tag: str = "bench", facts: list[str] = ()) -> list[float]:
+    """Seconds from send to reply for ``users`` concurrent users sending ``facts`` then ``messages``
+    messages each, one after another (user ids ``{tag}{k}``); on a throwaway Redis server unless
+    ``settings`` name one."""
     if settings is None:
         with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), persist=False) as server:
             settings = Settings(redis_url=server.url, rate_limit_per_minute=10_000, data_dir=Path(tmp))
-            return await reply_latencies(replier, users, messages, settings, tag)
+            return await reply_latencies(replier, users, messages, settings, tag, facts)
     async with Engine.from_settings(settings, replier=replier) as engine:
         bot = FakeAdapter(engine)
         out: list[float] = []
 
         async def user(k: int) -> None:
-            for i in range(messages):
+            for text in [*facts, *(PROMPTS[(k + i) % len(PROMPTS)] for i in range(messages))]:
                 t = time.perf_counter()
-                await bot.send(f"{tag}{k}", PROMPTS[(k + i) % len(PROMPTS)])
+                await bot.send(f"{tag}{k}", text)
                 out.append(time.perf_counter() - t)
 
         await asyncio.gather(*(user(k) for k in range(users)))

@@ -76,6 +76,7 @@ class Settings:
     reply_timeout_s: float = 120.0
     max_message_chars: int = 4000
     profile_weight: float | None = None
+    reply_mode: str | None = None
     safety: str = "standard"
     crisis_reply: str | None = None
     crisis_url: str | None = None
@@ -114,6 +115,7 @@ class Settings:
             "worker_concurrency": "RAPPORT_WORKER_CONCURRENCY", "claim_idle_s": "RAPPORT_CLAIM_IDLE_S",
             "order_timeout_s": "RAPPORT_ORDER_TIMEOUT_S", "reply_timeout_s": "RAPPORT_REPLY_TIMEOUT_S",
             "max_message_chars": "RAPPORT_MAX_MESSAGE_CHARS", "profile_weight": "RAPPORT_PROFILE_WEIGHT",
+            "reply_mode": "RAPPORT_REPLY_MODE",
             "safety": "RAPPORT_SAFETY", "crisis_reply": "RAPPORT_CRISIS_REPLY", "crisis_url": "RAPPORT_CRISIS_URL",
             "allowed_users": "RAPPORT_ALLOWED_USERS", "allowed_chats": "RAPPORT_ALLOWED_CHATS",
             "admins": "RAPPORT_ADMINS",
@@ -153,6 +155,8 @@ class Settings:
         settings = cls(**kwargs)
         if settings.mode not in ("single", "split"):
             raise ConfigError(f"RAPPORT_MODE must be single or split, got {settings.mode!r}")
+        if settings.reply_mode not in (None, "hybrid", "greedy"):
+            raise ConfigError(f"RAPPORT_REPLY_MODE must be hybrid or greedy, got {settings.reply_mode!r}")
         if settings.safety not in ("standard", "strict", "off"):
             raise ConfigError(f"RAPPORT_SAFETY must be standard, strict or off, got {settings.safety!r}")
         if settings.telegram_mode not in ("polling", "webhook"):

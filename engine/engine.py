@@ -72,7 +72,8 @@ class Engine:
         if replier is None:
             replier = Replier.from_dirs(settings.model_dir, settings.encoder_dir, settings.inference_threads,
                                         index_dir=settings.index_dir, time_budget_s=settings.reply_time_budget_s,
-                                        profile_weight=settings.profile_weight, max_rows=settings.max_decode_rows)
+                                        profile_weight=settings.profile_weight, max_rows=settings.max_decode_rows,
+                                        mode=settings.reply_mode)
         return cls(settings, store, replier, embedded)
 
     async def start(self) -> None:

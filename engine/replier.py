@@ -1,7 +1,11 @@
-"""Generate reply candidates and pick one: ranker similarity + generator score + λ·P(u, c).
+"""Generate reply candidates and pick one: ranker similarity + generator score + λ·P(u, c),
+less two terms against bland replies (MMI and hubness, see :class:`RankWeights`).
 
 The weights come from the chat model's ``rapport_config.json`` (``rank_weights``, chosen on the
-validation split by ``rapport-train tune-ranking``); ``/style`` scales them (STYLE_WEIGHTS).
+validation splits by ``rapport-train reply-choice``); ``/style`` scales them (STYLE_WEIGHTS).
+In ``greedy`` mode (``reply_mode`` in ``rapport_config.json``, or RAPPORT_REPLY_MODE) a user on the
+default style gets the model's greedy reply, and the full candidate pool only when that reply cannot be
+sent (filtered, a repeat, or a claim of the user's facts as the bot's own).
 This is synchronous, CPU-bound code: the engine runs it in a worker thread. :meth:`Replier.reply_batch`
 answers many users at once (one encoder call, one decoder run per step for all of them); under
 load each user gets fewer decoding rows (``max_rows``) so a batch stays within a latency budget.
@@ -40,6 +44,9 @@ STYLES: dict[str, list[GenerationConfig]] = {
              GenerationConfig("sample", max_new_tokens=48, min_new_tokens=12, num_candidates=4, top_p=0.9,
                               no_repeat_ngram_size=3, repetition_penalty=1.2)],
 }
+GREEDY = GenerationConfig("greedy", max_new_tokens=32, no_repeat_ngram_size=3)
+_DECODING = {**STYLES, "greedy": [GREEDY]}  # what candidates_batch decodes per style (greedy: not a user style)
+REPLY_MODES = ("hybrid", "greedy")
 _WORD = re.compile(r"\w+")
 LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
 SAFE_FALLBACK = "Hmm, I'm not sure what to say to that. Tell me more, or let's talk about something else?"
@@ -48,15 +55,21 @@ NEAR_COPY = 0.9  # cosine above which a candidate repeats a recent turn
 
 @dataclass(frozen=True)
 class RankWeights:
-    """Weights of the candidate score (see module docstring)."""
+    """Weights of the candidate score. ``mmi`` weighs the candidate's prior log-probability (the
+    decoder's with an empty prompt) against it: maximum mutual information, Li et al. 2016.
+    ``hubness`` weighs its mean cosine to a fixed sample of contexts against it: a reply close to
+    every context is close to none in particular."""
 
     ranker: float = 1.0
     generator: float = 0.1
     profile: float = 0.5
+    mmi: float = 0.0
+    hubness: float = 0.0
 
     def score(self, f: "CandidateFeatures") -> np.ndarray:
         """Score of every candidate; a repeat of a recent turn loses 1."""
-        return self.ranker * f.ranker + self.generator * f.generator + self.profile * f.profile - f.echo
+        return (self.ranker * f.ranker + self.generator * f.generator + self.profile * f.profile
+                - self.mmi * f.prior - self.hubness * f.hub - f.echo)
 
 
 # How /style moves the weights: "precise" trusts the generator more, "creative" the ranker.
@@ -66,13 +79,16 @@ STYLE_WEIGHTS: dict[str, dict[str, float]] = {"precise": {"generator": 2.0}, "cr
 @dataclass(frozen=True)
 class CandidateFeatures:
     """Score parts of each candidate: ranker cosine to the context, generator mean log-prob,
-    P(u, c) with the user's profile vector, and 1 where it repeats a recent turn."""
+    P(u, c) with the user's profile vector, 1 where it repeats a recent turn, the prior mean
+    log-prob (empty prompt; 0 when not computed) and the hubness (0 without a context sample)."""
 
     texts: list[str]
     ranker: np.ndarray
     generator: np.ndarray
     profile: np.ndarray
     echo: np.ndarray
+    prior: np.ndarray
+    hub: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,7 @@ class ScoredReply:
     ranker: float
     generator: float
     profile: float
+    penalized: bool = False  # a repeat of a recent turn, or a claim of the user's facts
 
 
 class Replier:
@@ -111,9 +128,12 @@ class Replier:
     def __init__(self, model: Seq2SeqModel, codec: TextCodec, encoder: SentenceEncoder | None,
                  budget: PromptBudget = PromptBudget(), weights: RankWeights = RankWeights(),
                  time_budget_s: float = 5.0, index: ReplyIndex | None = None, retrieve_k: int = 8,
-                 max_rows: int = 32) -> None:
+                 max_rows: int = 32, mode: str = "hybrid") -> None:
         if index is not None and encoder is None:
             raise ValueError("a reply index needs the sentence encoder that built it")
+        if mode not in REPLY_MODES:
+            raise ValueError(f"unknown reply mode {mode!r}: use {' or '.join(REPLY_MODES)}")
+        self.mode = mode
         self.model = model
         self.codec = codec
         self.encoder = encoder
@@ -126,9 +146,10 @@ class Replier:
 
     @classmethod
     def from_dirs(cls, model_dir: Path, encoder_dir: Path | None, threads: int = 2,
-                  index_dir: Path | None = None, profile_weight: float | None = None, **kwargs) -> "Replier":
-        """Load the seq2seq export (prompt budget, ranking weights), the sentence encoder and the reply
-        index; ``profile_weight`` overrides the exported λ."""
+                  index_dir: Path | None = None, profile_weight: float | None = None, mode: str | None = None,
+                  **kwargs) -> "Replier":
+        """Load the seq2seq export (prompt budget, ranking weights, reply mode), the sentence encoder and
+        the reply index; ``profile_weight`` overrides the exported λ, ``mode`` the exported reply mode."""
         model = Seq2SeqModel.from_dir(model_dir, threads)
         codec = TextCodec.from_file(model_dir / "tokenizer.json")
         budget, weights = PromptBudget(), RankWeights()
@@ -137,13 +158,14 @@ class Replier:
             data = json.loads(runtime.read_text())
             budget = PromptBudget(**data.get("prompt_budget", {}))
             weights = RankWeights(**data.get("rank_weights", {}))
+            mode = mode or data.get("reply_mode")
         if profile_weight is not None:
             weights = replace(weights, profile=profile_weight)
         encoder = SentenceEncoder.from_dir(encoder_dir, threads) if encoder_dir and encoder_dir.exists() else None
         index = None
         if encoder is not None and index_dir is not None and index_dir.exists():
             index = ReplyIndex.load(index_dir, encoder.folder / "model.onnx")
-        return cls(model, codec, encoder, budget, weights, index=index, **kwargs)
+        return cls(model, codec, encoder, budget, weights, index=index, mode=mode or "hybrid", **kwargs)
 
     def source_ids(self, turns: list[Turn], persona: list[str], user_facts: list[str]) -> list[int]:
         """Model input for this conversation."""
@@ -160,7 +182,7 @@ class Replier:
         found: list[dict[str, float]] = [{} for _ in sources]
         for style in sorted(set(styles)):
             members = [i for i, s in enumerate(styles) if s == style]
-            for config in STYLES.get(style, STYLES["balanced"]):
+            for config in _DECODING.get(style, STYLES["balanced"]):
                 config = self.shrink(config, len(members)).with_(time_budget_s=self.time_budget_s / 2)
                 for i, cands in zip(members, self.model.generate_batch([sources[i] for i in members], config)):
                     for cand in cands:
@@ -196,14 +218,31 @@ class Replier:
             out[i].append((text, float(lp.sum() / len(target))))
         return out
 
+    def priors(self, texts: list[str]) -> np.ndarray:
+        """Mean token log-prob of each text as a reply to an empty prompt (the MMI term)."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        empty = self.source_ids([], [], [])
+        targets = [self.codec.encode(t)[:40] + [self.model.eos_id] for t in texts]
+        logp = self.model.score([empty] * len(targets), targets)
+        return np.array([row.sum() / len(t) for row, t in zip(logp, targets)], dtype=np.float32)
+
+    def profile_with_facts(self, profile: np.ndarray | None, fact_vecs: np.ndarray | None) -> np.ndarray | None:
+        """R_u for ranking: the unit message average plus the unit mean of the user's fact embeddings."""
+        facts_mean = fact_vecs.mean(0) if fact_vecs is not None and len(fact_vecs) else None
+        parts = [v / np.linalg.norm(v) for v in (profile, facts_mean) if v is not None and np.any(v)]
+        return np.sum(parts, axis=0).astype(np.float32) if parts else None
+
     def features(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]],
                  profile: np.ndarray | None, recent: list[str], vectors: np.ndarray | None = None,
-                 claims: np.ndarray | None = None) -> CandidateFeatures:
+                 claims: np.ndarray | None = None, prior: np.ndarray | None = None) -> CandidateFeatures:
         """Score parts of ``cands`` ((text, mean log-prob) pairs); without an encoder (``context_vec``
-        None) ranker and profile parts are 0. ``vectors``: the embeddings of the candidate texts then
-        of ``recent``, when the caller embedded them already."""
+        None) ranker, profile and hub parts are 0. ``vectors``: the embeddings of the candidate texts then
+        of ``recent``, when the caller embedded them already; ``prior``: :meth:`priors` of the texts."""
         texts = [t for t, _ in cands]
         gen = np.array([s for _, s in cands], dtype=np.float32)
+        prior = np.zeros(len(texts), dtype=np.float32) if prior is None else prior
+        hub = np.zeros(len(texts), dtype=np.float32)
         seen = {t.lower() for t in recent}
         echo = np.array([t.lower() in seen for t in texts], dtype=np.float32)
         if claims is not None:  # claiming the user's facts as the bot's own costs as much as a repeat
@@ -216,9 +255,11 @@ class Replier:
             vecs, recent_vecs = vecs[: len(texts)], vecs[len(texts):]
             ranker = vecs @ context_vec
             prof = recommender_score(profile, vecs)
+            if self.index is not None:
+                hub = self.index.hubness(vecs)
             if recent:  # near-copies of a recent turn ("what do you like to do for fun??") count as repeats
                 echo = np.maximum(echo, ((vecs @ recent_vecs.T).max(1) > NEAR_COPY).astype(np.float32))
-        return CandidateFeatures(texts, ranker, gen, prof, echo)
+        return CandidateFeatures(texts, ranker, gen, prof, echo, prior, hub)
 
     def weights_for(self, style: str) -> RankWeights:
         """The ranking weights, scaled for ``style``."""
@@ -227,13 +268,13 @@ class Replier:
 
     def rank(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]], profile: np.ndarray | None,
              recent: list[str], style: str = "balanced", vectors: np.ndarray | None = None,
-             claims: np.ndarray | None = None) -> list[ScoredReply]:
+             claims: np.ndarray | None = None, prior: np.ndarray | None = None) -> list[ScoredReply]:
         """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn, or
         claiming the user's facts (``claims``), loses 1."""
-        f = self.features(context_vec, cands, profile, recent, vectors, claims)
+        f = self.features(context_vec, cands, profile, recent, vectors, claims, prior)
         scores = self.weights_for(style).score(f)
         return [ScoredReply(f.texts[i], float(scores[i]), float(f.ranker[i]), float(f.generator[i]),
-                            float(f.profile[i])) for i in np.argsort(-scores)]
+                            float(f.profile[i]), bool(f.echo[i] > 0)) for i in np.argsort(-scores)]
 
     def context_vector(self, turns: list[Turn]) -> np.ndarray | None:
         """Sentence vector of the last two turns (None without an encoder)."""
@@ -250,7 +291,6 @@ class Replier:
         """For each request: the best reply (None where ``needs_reply`` is False) and the embedding of
         its message (None without an encoder). All requests share each encoder and decoder run."""
         asking = [i for i, r in enumerate(requests) if r.needs_reply and r.turns]
-        replies: dict[int, ScoredReply] = {}
         message_vecs: list[np.ndarray | None] = [None] * len(requests)
         context_vecs: dict[int, np.ndarray] = {}
         if self.encoder is not None:
@@ -258,32 +298,67 @@ class Replier:
                                           [context_text([t.text for t in requests[i].turns]) for i in asking])
             message_vecs = list(embedded[: len(requests)])
             context_vecs = dict(zip(asking, embedded[len(requests):]))
-        sources = [self.source_ids(requests[i].turns, requests[i].persona, requests[i].user_facts) for i in asking]
-        generated = self.candidates_batch(sources, [requests[i].style for i in asking])
-        pools = [dict(g) for g in generated]
-        if context_vecs:
-            for pool, found in zip(pools, self.retrieved_batch(sources, [context_vecs[i] for i in asking])):
-                for text, score in found:
-                    pool.setdefault(text, score)
+        sources = {i: self.source_ids(requests[i].turns, requests[i].persona, requests[i].user_facts) for i in asking}
+        replies: dict[int, ScoredReply] = {}
+        fast = [i for i in asking if self.mode == "greedy" and requests[i].style == "balanced"]
+        if fast:  # the greedy reply, where it can be sent
+            for i, reply in zip(fast, self._choose([requests[i] for i in fast], [sources[i] for i in fast],
+                                                   [context_vecs.get(i) for i in fast], greedy=True)):
+                if reply.text not in (LOST_FOR_WORDS, SAFE_FALLBACK) and not reply.penalized:
+                    replies[i] = reply
+        rest = [i for i in asking if i not in replies]
+        if rest:
+            for i, reply in zip(rest, self._choose([requests[i] for i in rest], [sources[i] for i in rest],
+                                                   [context_vecs.get(i) for i in rest], greedy=False)):
+                replies[i] = reply
+        return [(replies.get(i), message_vecs[i]) for i in range(len(requests))]
+
+    def _choose(self, requests: list[ReplyRequest], sources: list[list[int]], context_vecs: list[np.ndarray | None],
+                greedy: bool) -> list[ScoredReply]:
+        """The best candidate of each request's pool: the greedy reply alone, or generated and retrieved
+        candidates; unsafe candidates never reach ranking."""
+        styles = ["greedy" if greedy else r.style for r in requests]
+        pools = [dict(g) for g in self.candidates_batch(sources, styles)]
+        with_context = [n for n, vec in enumerate(context_vecs) if vec is not None]
+        if with_context and not greedy:
+            found = self.retrieved_batch([sources[n] for n in with_context], [context_vecs[n] for n in with_context])
+            for n, cands in zip(with_context, found):
+                for text, score in cands:
+                    pools[n].setdefault(text, score)
         had_candidates = [bool(pool) for pool in pools]
-        for n, i in enumerate(asking):  # the output filter: unsafe candidates never reach ranking
-            if requests[i].keep is not None and pools[n]:
-                pools[n] = {t: s for (t, s), ok in zip(pools[n].items(), requests[i].keep(list(pools[n]))) if ok}
-        recents = [[t.text for t in requests[i].turns[-4:]] for i in asking]
-        vectors: list[np.ndarray | None] = [None] * len(asking)
-        if context_vecs:
-            flat = self.encoder.embed([t for pool, recent in zip(pools, recents) for t in [*pool, *recent]])
-            offsets = np.cumsum([0] + [len(pool) + len(recent) for pool, recent in zip(pools, recents)])
-            vectors = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        for n, i in enumerate(asking):
-            req = requests[i]
+        for n, req in enumerate(requests):  # the output filter
+            if req.keep is not None and pools[n]:
+                pools[n] = {t: s for (t, s), ok in zip(pools[n].items(), req.keep(list(pools[n]))) if ok}
+        recents = [[t.text for t in req.turns[-4:]] for req in requests]
+        facts = [req.user_facts for req in requests]
+        vectors: list[np.ndarray | None] = [None] * len(requests)
+        profiles = [req.profile for req in requests]
+        if with_context:  # one encoder run: every pool's candidates, recent turns and user facts
+            parts = [[*pool, *recent, *fs] for pool, recent, fs in zip(pools, recents, facts)]
+            flat = self.encoder.embed([t for part in parts for t in part])
+            offsets = np.cumsum([0] + [len(part) for part in parts])
+            for n, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+                cut = b - len(facts[n])
+                vectors[n] = flat[a:cut]
+                profiles[n] = self.profile_with_facts(profiles[n], flat[cut:b])
+        priors = self._pool_priors(pools) if not greedy else [None] * len(pools)
+        out = []
+        for n, req in enumerate(requests):
             if not pools[n]:
-                replies[i] = ScoredReply(SAFE_FALLBACK if had_candidates[n] else LOST_FOR_WORDS, 0.0, 0.0, 0.0, 0.0)
+                out.append(ScoredReply(SAFE_FALLBACK if had_candidates[n] else LOST_FOR_WORDS, 0.0, 0.0, 0.0, 0.0))
                 continue
             claims = claims_user_facts(list(pools[n]), req.user_facts, req.persona)
-            replies[i] = self.rank(context_vecs.get(i), list(pools[n].items()), req.profile, recents[n],
-                                   req.style, vectors[n], claims)[0]
-        return [(replies.get(i), message_vecs[i]) for i in range(len(requests))]
+            out.append(self.rank(context_vecs[n], list(pools[n].items()), profiles[n], recents[n],
+                                 req.style, vectors[n], claims, priors[n])[0])
+        return out
+
+    def _pool_priors(self, pools: list[dict[str, float]]) -> list[np.ndarray | None]:
+        """:meth:`priors` of every pool's candidates in one decoder run; None for each when MMI is off."""
+        if self.weights.mmi == 0:
+            return [None] * len(pools)
+        flat = self.priors([t for pool in pools for t in pool])
+        offsets = np.cumsum([0] + [len(pool) for pool in pools])
+        return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def complete_sentences(text: str) -> str:

@@ -209,3 +209,32 @@ def test_shipped_ranking_weights_are_loaded(replier):
     from engine.config import DEFAULT_MODEL
     tuned = json.loads((DEFAULT_MODEL / "rapport_config.json").read_text())["rank_weights"]
     assert replier.weights == RankWeights(**tuned)
+
+
+def test_mmi_prior_and_hubness_mark_generic_replies(replier):
+    """The two terms against bland replies: a generic reply is likelier with no context at all (its MMI
+    prior) and sits closer to every context (its hubness) than a specific one."""
+    generic, specific = "i don't know.", "my grandmother keeps bees on a farm near lisbon."
+    prior = replier.priors([generic, specific])
+    assert prior[0] > prior[1] + 0.5
+    hub = replier.index.hubness(replier.encoder.embed(["haha yeah", "the eiffel tower was finished in 1889."]))
+    assert hub[0] > hub[1]
+
+
+def test_greedy_mode_sends_the_greedy_reply_unless_it_cannot_be_sent(replier):
+    from engine.prompt import Turn
+    from engine.replier import GREEDY, LOST_FOR_WORDS, SAFE_FALLBACK, ReplyRequest, complete_sentences
+    greedy = Replier(replier.model, replier.codec, replier.encoder, replier.budget, replier.weights,
+                     index=replier.index, mode="greedy")
+    turns = [Turn("i just got back from a hike in the mountains", True)]
+    cand = replier.model.generate(greedy.source_ids(turns, [], []), GREEDY)[0]
+    text = replier.codec.decode(list(cand.ids))
+    text = text if cand.ids and cand.ids[-1] == replier.model.eos_id else complete_sentences(text)
+    assert greedy.reply(turns, [], [], None).text == text
+    # the output filter drops the greedy reply: the full candidate pool answers instead
+    request = ReplyRequest(turns, [], [], None, keep=lambda texts: [t != text for t in texts])
+    fallback = greedy.reply_batch([request])[0][0].text
+    assert fallback != text and fallback not in ("", LOST_FOR_WORDS, SAFE_FALLBACK)
+    with pytest.raises(ValueError):
+        Replier(replier.model, replier.codec, replier.encoder, mode="fastest")
+

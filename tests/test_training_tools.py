@@ -84,24 +84,27 @@ def test_ranker_valid_sets_are_fixed_and_fair():
         assert len(options) == 20 and options[0] == f"reply {i % 7}" and options[0] not in options[1:]
 
 
-def _pool(texts, ranker, gen, generated, true):
-    from training.hybrid import Pool
-    n = len(texts)
-    f = CandidateFeatures(texts, np.array(ranker, np.float32), np.array(gen, np.float32),
-                          np.zeros(n, np.float32), np.zeros(n, np.float32))
-    return Pool(f, np.array(generated), None, true)
+def _pool(i):
+    from training.reply_choice import Pool
+    texts = [f"i like cats {i}", "i do not know", f"dogs are great {i}"]
+    arr = lambda *v: np.array(v, np.float32)  # noqa: E731
+    f = CandidateFeatures(texts, ranker=arr(0.2, 0.9, 0.5), generator=arr(-0.5, -1.0, -2.0), profile=arr(0, 0, 0),
+                          echo=arr(0, 0, 0), prior=arr(-4.0, -0.8, -3.0), hub=arr(0.1, 0.8, 0.2))
+    return Pool(f, np.array([True, False, True]), greedy="i do not know", true_reply=f"i like cats {i}", group=str(i))
 
 
-def test_hybrid_pick_and_tuning():
-    from training.hybrid import pick, pick_generator_only, tune
-    pools = [_pool([f"i like cats {i}", "i do not know", f"dogs are great {i}"], [0.2, 0.9, 0.5],
-                   [-0.5, -3.0, -2.0], [True, False, True], f"i like cats {i}") for i in range(20)]
+def test_reply_choice_terms_against_bland_replies_and_tuning():
+    from training.reply_choice import GRID, pick, pick_generator_only, top10_share, tune
+    pools = [_pool(i) for i in range(20)]
     assert pick_generator_only(pools[0]) == "i like cats 0"
-    assert pick(pools[0], RankWeights(generator=0.0)) == "i do not know"
-    weights, table = tune(pools, RankWeights())
-    # "i do not know" every time fails distinct-2; the best F1 with distinct-2 >= 0.3 trusts the generator
+    assert pick(pools[0], RankWeights(generator=0.0)) == "i do not know"  # the generic reply sits close to everything
+    assert pick(pools[0], RankWeights(generator=0.0, hubness=1.0)) == "dogs are great 0"  # ... hubness corrects that
+    assert pick(pools[0], RankWeights(generator=1.0, mmi=0.1)) == "i like cats 0"  # ... and so does MMI
+    weights, table = tune({"a": pools[:10], "b": pools[10:]}, RankWeights())
     assert pick(pools[0], weights) == "i like cats 0"
-    assert len(table) == 30 and all({"generator", "profile", "f1", "distinct_2"} <= set(r) for r in table)
+    assert table[0]["setting"] == "greedy" and table[0]["f1_a"] == 25.0  # "i" in common
+    assert len(table) == 1 + np.prod([len(v) for v in GRID.values()])
+    assert top10_share(["a"] * 5 + [str(i) for i in range(95)]) == 0.14
 
 
 def test_dequantized_model_computes_what_the_int8_export_computes():

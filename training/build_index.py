@@ -5,6 +5,8 @@
 Replies are deduplicated (case and spacing), filtered (2-30 words; no URLs, e-mail addresses,
 phone numbers or @handles; nothing the engine's output filter drops, see ``training/safe_data.py``) and sampled with a fixed seed; vectors come from the engine's own
 sentence encoder so the index and the encoder always match (the sha256 of the encoder is recorded).
+The index also keeps a fixed sample of training contexts (``contexts.npy``: half chit-chat, half
+Synthetic-Persona-Chat) for the ranker's hubness correction; ``--contexts-only`` adds it to an index.
 """
 from __future__ import annotations
 
@@ -19,7 +21,11 @@ from engine.encoder import SentenceEncoder
 from engine.retrieval import ReplyIndex, file_sha256
 
 from .data import DEFAULT_DATA, load_splits
+from .examples import all_examples, context_text
+from .persona import load_persona_splits, persona_examples
 from .safe_data import screen
+
+CONTEXTS = 1024
 
 _PERSONAL = re.compile(r"https?://|www\.|\.com\b|@|\b\d[\d\s().-]{6,}\d\b|\b\d{5,}\b", re.IGNORECASE)
 
@@ -43,6 +49,14 @@ def candidate_replies(data_dir: Path, limit: int, seed: int = 0) -> list[str]:
     return replies[:limit]
 
 
+def context_sample(data_dir: Path, n: int = CONTEXTS, seed: int = 0) -> list[str]:
+    """``n`` training contexts as the ranker sees them (the last two turns), half from each corpus."""
+    rng = random.Random(seed)
+    chitchat = [context_text(ex) for ex in all_examples(load_splits(data_dir)["train"]) if ex.context]
+    persona = [" ".join(ex.context[-2:]) for c in load_persona_splits()["train"] for ex in persona_examples(c)]
+    return rng.sample(chitchat, n // 2) + rng.sample(persona, n - n // 2)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="rapport-train build-index", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,14 +65,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--size", type=int, default=30000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--contexts-only", action="store_true", help="add the context sample to the index in --out")
     args = p.parse_args(argv)
-    replies = candidate_replies(args.data, args.size, args.seed)
     encoder = SentenceEncoder.from_dir(args.encoder)
+    contexts = ReplyIndex.quantize(encoder.embed(context_sample(args.data, seed=args.seed), batch_size=64))
+    if args.contexts_only:
+        index = ReplyIndex.load(args.out, args.encoder / "model.onnx")
+        ReplyIndex(index.vectors, index.replies, {**index.meta, "contexts": len(contexts)}, contexts).save(args.out)
+        print(f"added {len(contexts)} contexts to {args.out}")
+        return
+    replies = candidate_replies(args.data, args.size, args.seed)
     vectors = ReplyIndex.quantize(encoder.embed(replies, batch_size=64))
     name = json.loads((args.encoder / "encoder_config.json").read_text())["name"]
     meta = {"encoder": name, "encoder_sha256": file_sha256(args.encoder / "model.onnx"),
-            "size": len(replies), "source": "chitchat-dataset train split", "seed": args.seed}
-    ReplyIndex(vectors, replies, meta).save(args.out)
+            "size": len(replies), "source": "chitchat-dataset train split", "seed": args.seed,
+            "contexts": len(contexts)}
+    ReplyIndex(vectors, replies, meta, contexts).save(args.out)
     print(f"indexed {len(replies)} replies into {args.out}")
 
 

@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | shards | tune-ranking | eval-hybrid | dequantize."""
+"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | shards | eval-hybrid | reply-choice | dequantize."""
 from __future__ import annotations
 
 import importlib
@@ -14,8 +14,8 @@ JOBS = {
     "build-index": ("training.build_index", "build the retrieval index of real replies"),
     "train-ranker": ("training.ranker", "fine-tune MiniLM as the reply ranker (bi-encoder)"),
     "shards": ("training.shards", "pack/unpack trained weights as small fp16 shards"),
-    "tune-ranking": ("training.hybrid:tune_main", "choose the hybrid ranking weights on the valid split"),
     "eval-hybrid": ("training.hybrid:eval_main", "evaluate generator / retrieval / hybrid replies and the ranker"),
+    "reply-choice": ("training.reply_choice:main", "greedy vs hybrid replies (MMI, hubness, λ) on persona and chit-chat"),
     "filter-index": ("training.safe_data", "drop unsafe or personal replies from a reply index (in place)"),
     "dequantize": ("training.dequantize", "rebuild an fp32 PyTorch model from an int8 export (for benchmarks)"),
 }

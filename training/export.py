@@ -3,7 +3,8 @@
     rapport-train export --checkpoint ~/.cache/rapport/runs/warm/best.pt --out exported_models/rapport-chat-small
 
 Also writes ``export_report.json``: fp32 ONNX vs PyTorch max logit difference and int8-vs-fp32
-greedy agreement on held-out contexts (valid split), so the card can quote them.
+greedy agreement on held-out contexts (valid split), so the card can quote them. ``--keep-fp32 DIR``
+keeps the fp32 ONNX export for ``python -m training.int8_quality`` (paired NLL and F1, int8 vs fp32).
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def int8_fidelity(fp32_dir: Path, int8_dir: Path, sources: list[list[int]]) -> d
 
 
 def export_model(model, out: Path, sources: list[list[int]], parity_sources: int = 20,
-                 budget: PromptBudget = PromptBudget(), extra: dict | None = None, persona_data: bool = False) -> dict:
+                 budget: PromptBudget = PromptBudget(), extra: dict | None = None, persona_data: bool = False,
+                 keep_fp32: Path | None = None) -> dict:
     """fp32 export (checked against PyTorch), int8 quantization into ``out``; returns the report."""
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,6 +101,9 @@ def export_model(model, out: Path, sources: list[list[int]], parity_sources: int
         report.update(int8_fidelity(fp32, out, sources))
         report["parity_contexts"] = min(parity_sources, len(sources))
         report["agreement_contexts"] = len(sources)
+        if keep_fp32 is not None:
+            shutil.rmtree(keep_fp32, ignore_errors=True)
+            shutil.copytree(fp32, keep_fp32)
     (out / "LICENSES.txt").write_text(CCC_LICENCE + (PERSONA_LICENCE if persona_data else "") + MINILM_LICENCE)
     report["size_bytes"] = sum(p.stat().st_size for p in out.iterdir())
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--contexts", type=int, default=200, help="held-out contexts for the int8 agreement check")
     p.add_argument("--rank-weights-from", type=Path,
-                   help="copy the ranking weights from this export's rapport_config.json (until tune-ranking runs)")
+                   help="copy the ranking weights from this export's rapport_config.json (until reply-choice --write runs)")
+    p.add_argument("--keep-fp32", type=Path, help="keep the fp32 ONNX export here (for training.int8_quality)")
     args = p.parse_args(argv)
     budget, persona_data = PromptBudget(), False
     if args.untrained:
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         extra.update(rank_weights=source["rank_weights"],
                      rank_weights_source=f"copied from {args.rank_weights_from.name}; not tuned for this model")
     report = export_model(model, args.out, heldout_sources(args.data, args.contexts, budget), budget=budget,
-                          extra=extra, persona_data=persona_data)
+                          extra=extra, persona_data=persona_data, keep_fp32=args.keep_fp32)
     print(json.dumps(report, indent=2))
 
 

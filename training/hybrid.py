@@ -1,26 +1,23 @@
-"""The engine's hybrid replier measured offline: candidates, ranking weights, profile conditions.
+"""The engine's hybrid replier measured offline on the chit-chat corpus: replies and the ranker.
 
-    rapport-train tune-ranking --model exported_models/rapport-chat-small      # valid split only
     rapport-train eval-hybrid --model exported_models/rapport-chat-small \
         --zero-shot-encoder ~/.cache/rapport/zero-shot-encoder
 
-Candidates come from ``engine.replier.Replier`` exactly as in the chat (beam + sampled generator
-replies and retrieved real replies); the user's profile vector R_u is built with the engine's
-``update_profile`` over the user's messages in their training conversations. ``tune-ranking``
-picks the generator weight and λ on the valid split (best F1 among settings whose distinct-2 is at
-least 0.30) and writes them to the model's ``rapport_config.json``; ``eval-hybrid`` reports
-generator-only, retrieval-only and hybrid replies, and ranker Hits@1/20 (zero-shot vs fine-tuned
-encoder, with true / shuffled / no profile) on test, known-user and new-user splits.
+Candidates come from ``engine.replier.Replier`` exactly as in the chat (see
+``training/reply_choice.py``, which also tunes the ranking weights); the user's profile vector R_u is
+built with the engine's ``update_profile`` over the user's messages in their training conversations.
+``eval-hybrid`` reports greedy, generator-only, retrieval-only and hybrid replies, and ranker
+Hits@1/20 (zero-shot vs fine-tuned encoder, with true / shuffled / no profile) on test, known-user and
+new-user splits.
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +25,15 @@ import numpy as np
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
 from engine.encoder import SentenceEncoder
 from engine.profile import update_profile
-from engine.replier import CandidateFeatures, RankWeights, Replier
+from engine.replier import RankWeights, Replier
 from engine.retrieval import ReplyIndex
 
 from .data import DEFAULT_DATA, Example
 from .evaluate import Evaluator, Sizes, _ci, write_card_from_files
 from .examples import turns_of
-from .metrics import distinct_n, unigram_f1
+from .metrics import distinct_n
+from .reply_choice import Pool, collect_pool, pick, pick_generator_only, replies_f1
 
-GENERATOR_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
-PROFILE_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
-MIN_DISTINCT_2 = 0.30
 PROFILE_MESSAGES = 100
 CONDITIONS = {"test": ("true", "shuffled", "none"), "known_user": ("true", "shuffled", "none"),
               "new_user": ("none",)}
@@ -77,58 +72,16 @@ class SpeakerProfiles:
         return self.vector(who)
 
 
-@dataclass
-class Pool:
-    """One example's candidates and their score parts."""
-
-    features: CandidateFeatures
-    generated: np.ndarray  # True where the candidate came from the generator
-    retrieval_top: str | None  # the index's nearest reply
-    true_reply: str
-
-
 def collect(ev: Evaluator, replier: Replier, profiles: SpeakerProfiles, ex: Example, condition: str) -> Pool:
-    """Candidates for ``ex`` under a profile ``condition`` (user facts in the prompt and R_u)."""
-    turns = turns_of(ex)
-    source = ev.source(ex, condition)
-    generated = dict(replier.candidates(source, "balanced"))
-    context_vec = replier.context_vector(turns)
-    retrieved = replier.retrieved(source, context_vec)
-    cands = dict(generated)
-    for text, score in retrieved:
-        cands.setdefault(text, score)
-    items = list(cands.items())
-    f = replier.features(context_vec, items, profiles.for_condition(ex, condition, ev.seed),
-                         [t.text for t in turns[-4:]])
-    return Pool(f, np.array([t in generated for t, _ in items]), retrieved[0][0] if retrieved else None, ex.reply)
+    """The engine's candidate pool for ``ex`` under a profile ``condition`` (user facts in the prompt and R_u)."""
+    return collect_pool(replier, ev.source(ex, condition), turns_of(ex), profiles.for_condition(ex, condition, ev.seed),
+                        [], ex.reply, ex.conv_id)
 
 
-def pick(pool: Pool, weights: RankWeights) -> str:
-    """The hybrid's choice."""
-    return pool.features.texts[int(np.argmax(weights.score(pool.features)))]
-
-
-def pick_generator_only(pool: Pool) -> str:
-    """The generator's own choice: its most likely candidate (no ranker, no retrieval)."""
-    gen = np.where(pool.generated, pool.features.generator, -np.inf)
-    return pool.features.texts[int(np.argmax(gen))]
-
-
-def replies_f1(replies: list[str], pools: list[Pool]) -> np.ndarray:
-    return np.array([unigram_f1(r, p.true_reply) for r, p in zip(replies, pools)])
-
-
-def tune(pools: list[Pool], base: RankWeights) -> tuple[RankWeights, list[dict]]:
-    """Grid over generator weight and λ: best mean F1 among settings with distinct-2 >= 0.30."""
-    table = []
-    for g, lam in itertools.product(GENERATOR_WEIGHTS, PROFILE_WEIGHTS):
-        w = RankWeights(ranker=base.ranker, generator=g, profile=lam)
-        replies = [pick(p, w) for p in pools]
-        table.append({"generator": g, "profile": lam, "f1": 100 * float(replies_f1(replies, pools).mean()),
-                      "distinct_2": distinct_n(replies, 2)})
-    ok = [r for r in table if r["distinct_2"] >= MIN_DISTINCT_2] or table
-    best = max(ok, key=lambda r: r["f1"])
-    return RankWeights(ranker=base.ranker, generator=best["generator"], profile=best["profile"]), table
+def retrieval_top(replier: Replier, ex: Example) -> str:
+    """The index's nearest reply to the context."""
+    found = replier.index.search(replier.context_vector(turns_of(ex)), 1)
+    return found[0][0] if found else ""
 
 
 def build(model: Path, encoder: Path, index: Path, data: Path, sizes: Sizes, seed: int):
@@ -139,25 +92,6 @@ def build(model: Path, encoder: Path, index: Path, data: Path, sizes: Sizes, see
                       RankWeights(**runtime.get("rank_weights", {})),
                       index=ReplyIndex.load(index, encoder / "model.onnx"))
     return ev, replier, SpeakerProfiles(ev.embedder, ev.splits["train"])
-
-
-def tune_main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="rapport-train tune-ranking", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common_args(p)
-    p.add_argument("--examples", type=int, default=300, help="valid examples")
-    args = p.parse_args(argv)
-    ev, replier, profiles = build(args.model, args.encoder, args.index, args.data, Sizes(), args.seed)
-    exs = [e for e in ev.sample("valid", args.examples, "tune") if e.context]
-    pools = [collect(ev, replier, profiles, ex, "true") for ex in exs]
-    weights, table = tune(pools, replier.weights)
-    path = args.model / "rapport_config.json"
-    runtime = json.loads(path.read_text())
-    runtime["rank_weights"] = asdict(weights)
-    runtime["rank_weights_tuning"] = {"split": "valid", "examples": len(pools), "objective":
-                                      f"max F1 with distinct-2 >= {MIN_DISTINCT_2}", "grid": table}
-    path.write_text(json.dumps(runtime, indent=2))
-    print(json.dumps(asdict(weights)))
 
 
 def eval_main(argv: list[str] | None = None) -> None:
@@ -194,8 +128,9 @@ def eval_main(argv: list[str] | None = None) -> None:
             groups = [e.conv_id for e in exs]
             systems = {"hybrid": [pick(pl, w) for pl in pools]}
             if cond == conditions[0]:
+                systems["greedy"] = [pl.greedy for pl in pools]
                 systems["generator_only"] = [pick_generator_only(pl) for pl in pools]
-                systems["retrieval_only"] = [pl.retrieval_top or "" for pl in pools]
+                systems["retrieval_only"] = [retrieval_top(replier, ex) for ex in exs]
                 samples += [{"split": split, "context": list(ex.context[-3:]), "true_reply": ex.reply,
                              **{k: v[i] for k, v in systems.items()}} for i, ex in enumerate(exs[:4])]
             for name, replies in systems.items():

@@ -42,7 +42,7 @@ from engine.prompt import PromptBudget
 
 from .data import DEFAULT_DATA, load_facts, load_splits
 from .examples import Encoded, ExampleEncoder, all_examples, encode_persona
-from .persona import fact_dependent, load_persona_splits, persona_examples
+from .persona import depends_on, fact_dependent, load_persona_splits, persona_examples
 from .modeling import PAD_ID, CLS_ID, build_model, cross_attention_parameters, freeze_embeddings, minilm_dir
 
 
@@ -126,28 +126,36 @@ _worker_encoder: ExampleEncoder | None = None
 _worker_splits: dict | None = None
 _worker_persona: list | None = None
 _worker_dependent: list | None = None
+_worker_user_dependent: list | None = None
 
 
 def _init_epoch_worker(data_dir: Path, persona_dir: Path | None, budget: PromptBudget) -> None:
-    global _worker_encoder, _worker_splits, _worker_persona, _worker_dependent
+    global _worker_encoder, _worker_splits, _worker_persona, _worker_dependent, _worker_user_dependent
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
     _worker_splits = load_splits(data_dir)
     _worker_encoder = ExampleEncoder(codec, load_facts(data_dir), budget)
     _worker_persona = [ex for c in load_persona_splits(persona_dir)["train"] for ex in persona_examples(c)] \
         if persona_dir else []
     _worker_dependent = [ex for ex in _worker_persona if fact_dependent(ex)]
+    _worker_user_dependent = [ex for ex in _worker_persona if depends_on(ex, ex.user_facts, ex.bot_facts)]
 
 
-def _encode_epoch(seed: int, epoch: int, drop: float, persona_share: float, fact_boost: int = 0) -> list[Encoded]:
+def _boosted(examples: list, times: int, cap: int, rng: random.Random) -> list[Encoded]:
+    """``examples`` ``times`` over (at most ``cap``), encoded with every fact kept."""
+    pool = [ex for ex in examples for _ in range(times)]
+    return [encode_persona(_worker_encoder, ex, rng, 0.0, line_drop=0.0) for ex in rng.sample(pool, min(len(pool), cap))]
+
+
+def _encode_epoch(seed: int, epoch: int, drop: float, persona_share: float, fact_boost: int = 0,
+                  user_fact_boost: int = 0) -> list[Encoded]:
     rng = random.Random(seed * 1000 + epoch)
     out = encode_split(_worker_encoder, _worker_splits["train"], rng, drop)
     if _worker_persona and persona_share > 0:
         n = min(len(_worker_persona), round(len(out) * persona_share / (1 - persona_share)))
         out += [encode_persona(_worker_encoder, ex, rng, drop) for ex in rng.sample(_worker_persona, n)]
-        if fact_boost > 0:  # turns only the facts explain, again, with their facts kept: make the facts salient
-            boosted = [ex for ex in _worker_dependent for _ in range(fact_boost)]
-            out += [encode_persona(_worker_encoder, ex, rng, 0.0, line_drop=0.0)
-                    for ex in rng.sample(boosted, min(len(boosted), n // 4))]
+        # turns only the facts explain, again, with their facts kept: make the facts salient
+        out += _boosted(_worker_dependent, fact_boost, n // 4, rng)
+        out += _boosted(_worker_user_dependent, user_fact_boost, n // 4, rng)
     return out
 
 
@@ -155,14 +163,17 @@ class EpochPrefetcher:
     """Encodes training epochs (fresh profile sampling each) one ahead, in a helper process."""
 
     def __init__(self, data_dir: Path, seed: int, drop: float, persona_dir: Path | None = None,
-                 persona_share: float = 0.0, budget: PromptBudget = PromptBudget(), fact_boost: int = 0) -> None:
-        self.seed, self.drop, self.persona_share, self.fact_boost = seed, drop, persona_share, fact_boost
+                 persona_share: float = 0.0, budget: PromptBudget = PromptBudget(), fact_boost: int = 0,
+                 user_fact_boost: int = 0) -> None:
+        self.seed, self.drop, self.persona_share = seed, drop, persona_share
+        self.fact_boost, self.user_fact_boost = fact_boost, user_fact_boost
         self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_epoch_worker, initargs=(data_dir, persona_dir, budget))
         self.pending: dict[int, Future] = {}
 
     def _submit(self, epoch: int) -> Future:
-        return self.pool.submit(_encode_epoch, self.seed, epoch, self.drop, self.persona_share, self.fact_boost)
+        return self.pool.submit(_encode_epoch, self.seed, epoch, self.drop, self.persona_share, self.fact_boost,
+                                self.user_fact_boost)
 
     def get(self, epoch: int) -> list[Encoded]:
         """Examples of ``epoch``; starts encoding ``epoch + 1``."""
@@ -204,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--persona-share", type=float, default=0.7, help="share of persona examples in an epoch")
     p.add_argument("--fact-boost", type=int, default=0,
                    help="add fact-dependent persona turns this many times over (facts kept), up to 1/4 of the persona part")
+    p.add_argument("--user-fact-boost", type=int, default=0,
+                   help="add turns that draw on the user's facts this many times over (facts kept), up to 1/4 too")
     p.add_argument("--facts-tokens", type=int, default=PromptBudget.max_facts_tokens,
                    help="prompt budget of the bot's and of the user's facts, each")
     p.add_argument("--source-tokens", type=int, default=PromptBudget.max_source_tokens, help="prompt budget")
@@ -221,13 +234,19 @@ def main(argv: list[str] | None = None) -> None:
     valid = encode_split(encoder, splits["valid"], random.Random(1), drop=0.0)
     valid = random.Random(2).sample(valid, 600)
     shuffled = [Encoded(valid[(i + 97) % len(valid)].source, e.target) for i, e in enumerate(valid)]
-    persona_valid, persona_other_facts = [], []
+    persona_valid, persona_other_facts, user_dependent, user_dependent_other = [], [], [], []
     if args.persona_data:  # the valid half: true facts, and another conversation's user facts
         exs = random.Random(3).sample([ex for c in load_persona_splits(args.persona_data)["valid"]
                                        for ex in persona_examples(c)], 600)
         persona_valid = [encoder.encode(ex, list(ex.user_facts), list(ex.bot_facts)) for ex in exs]
         persona_other_facts = [encoder.encode(ex, list(exs[(i + 97) % len(exs)].user_facts), list(ex.bot_facts))
                                for i, ex in enumerate(exs)]
+        dependent = [ex for c in load_persona_splits(args.persona_data)["valid"] for ex in persona_examples(c)
+                     if depends_on(ex, ex.user_facts, ex.bot_facts)]
+        dependent = random.Random(4).sample(dependent, min(300, len(dependent)))
+        user_dependent = [encoder.encode(ex, list(ex.user_facts), list(ex.bot_facts)) for ex in dependent]
+        user_dependent_other = [encoder.encode(ex, list(dependent[(i + 97) % len(dependent)].user_facts),
+                                               list(ex.bot_facts)) for i, ex in enumerate(dependent)]
 
     if args.init_from:
         from transformers import BartForConditionalGeneration
@@ -272,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         if persona_valid:
             record["persona_valid_token_nll"] = token_nll(model, persona_valid)
             record["persona_user_facts_gain"] = token_nll(model, persona_other_facts) - record["persona_valid_token_nll"]
+            record["persona_user_dependent_gain"] = token_nll(model, user_dependent_other) - token_nll(model, user_dependent)
             record["samples"] += greedy_samples(model, codec, persona_valid[:4])
         with open(args.run / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -294,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     bar = tqdm(total=None if args.time_schedule else args.max_examples, initial=state["examples"], unit="ex",
                mininterval=10)
     prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop, args.persona_data, args.persona_share, budget,
-                               args.fact_boost)
+                               args.fact_boost, args.user_fact_boost)
     device_type = torch.device(args.device).type
     done = False
     while not done:
