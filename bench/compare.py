@@ -45,14 +45,14 @@ def prompts(n: int, codec) -> list[list[int]]:
 
 
 class OnnxRunner:
-    """Rapport's own runtime (engine.seq2seq) on an export folder."""
+    """Rapport's own runtime (engine.model.seq2seq) on an export folder."""
 
     def __init__(self, folder: Path) -> None:
-        from engine.seq2seq import Seq2SeqModel
+        from engine.model.seq2seq import Seq2SeqModel
         self.model = Seq2SeqModel.from_dir(folder, THREADS)
 
     def generate(self, sources: list[list[int]], tokens: int) -> list[list[int]]:
-        from engine.generation import GenerationConfig
+        from engine.model.generation import GenerationConfig
         config = GenerationConfig("greedy", max_new_tokens=tokens, min_new_tokens=tokens)
         return [list(c[0].ids) for c in self.model.generate_batch(sources, config)]
 
@@ -113,7 +113,7 @@ def make_runner(name: str, work: Path, model: Path):
 
 def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
     """Timings of one runtime (run in a child process)."""
-    from engine.text import TextCodec
+    from engine.model.text import TextCodec
     codec = TextCodec.from_file(model / "tokenizer.json")
     runner = make_runner(name, work, model)
     one = prompts(len(PROMPTS), codec)

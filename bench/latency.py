@@ -21,9 +21,9 @@ import numpy as np
 from bots.fake import FakeAdapter
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.engine import Engine
-from engine.generation import GenerationConfig
-from engine.redis_server import EmbeddedRedis
-from engine.replier import Replier
+from engine.model.generation import GenerationConfig
+from engine.state.redis_server import EmbeddedRedis
+from engine.model.replier import Replier
 
 PROMPTS = ["hi, how are you today?", "what do you do for fun?", "i just got back from a hike in the mountains",
            "do you like pizza?", "what's the best movie you have seen?", "i'm so tired of school",

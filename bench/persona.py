@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", type=Path, help="chat model folder (default: the shipped one)")
     p.add_argument("--out", type=Path, default=Path("bench/results/persona.json"))
     args = p.parse_args(argv)
-    from engine.redis_server import EmbeddedRedis
+    from engine.state.redis_server import EmbeddedRedis
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", persist=False) as server:
         settings = Settings(redis_url=server.url, data_dir=Path(tmp), rate_limit_per_minute=10_000)
         if args.model:

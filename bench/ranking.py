@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL
-from engine.prompt import Turn
-from engine.replier import Replier
+from engine.model.prompt import Turn
+from engine.model.replier import Replier
 
 from .latency import PROMPTS
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
-from engine.replier import Replier
+from engine.model.replier import Replier
 
 from .latency import reply_latencies
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"mode": args.mode, "seed": SEED, "engine": not args.filter_only, "halves": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        from engine.redis_server import EmbeddedRedis
+        from engine.state.redis_server import EmbeddedRedis
         server = None if args.filter_only else EmbeddedRedis(Path(tmp) / "redis", persist=False).start()
         try:
             settings = Settings(redis_url=server.url if server else None, data_dir=Path(tmp), safety=args.mode,

@@ -28,10 +28,10 @@ import numpy as np
 from bench.latency import PROMPTS, peak_rss_mb, reply_latencies
 from bots.fake import FakeAdapter
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
-from engine.prompt import Turn
-from engine.redis_server import EmbeddedRedis
-from engine.replier import STYLES, Replier, ReplyRequest
-from engine.streams import StreamGateway
+from engine.model.prompt import Turn
+from engine.state.redis_server import EmbeddedRedis
+from engine.model.replier import STYLES, Replier, ReplyRequest
+from engine.split.gateway import StreamGateway
 
 LOADS = {1: 10, 10: 3, 50: 2}  # concurrent users -> messages each
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from engine.config import ConfigError, Settings
 from engine.engine import Engine
 from engine.log_privacy import protect_logs
-from engine.messages import Responder
-from engine.streams import StreamGateway, StreamWorker, split_redis_url
+from engine.messages import OutgoingMessage, Responder
+from engine.split.common import split_redis_url
+from engine.split.gateway import LateReply, StreamGateway
+from engine.split.worker import StreamWorker
 
 from .fake import stdin_is_tty, terminal_chat
 
@@ -48,9 +50,12 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
 PLATFORMS = ("telegram", "discord")
 
 
-def responder(settings: Settings) -> Engine | StreamGateway:
-    """What the adapters talk to: the engine in this process, or in split mode the stream gateway."""
-    return StreamGateway.from_settings(settings) if settings.mode == "split" else Engine.from_settings(settings)
+def responder(settings: Settings, late_reply: LateReply | None = None) -> Engine | StreamGateway:
+    """What the adapters talk to: the engine in this process, or in split mode the stream gateway (which
+    hands replies that come after the user was told "my reply will follow" to ``late_reply``)."""
+    if settings.mode == "split":
+        return StreamGateway.from_settings(settings, late_reply)
+    return Engine.from_settings(settings)
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -64,16 +69,23 @@ def _stop_on_signals() -> asyncio.Event:
 async def _run_platforms(settings: Settings, platforms: list[str]) -> None:
     """Run the adapters of ``platforms`` on one engine (or stream gateway) until SIGINT or SIGTERM."""
     stop = _stop_on_signals()
+    adapters: dict = {}
+
+    async def late_reply(out: OutgoingMessage) -> None:
+        await adapters[out.platform].deliver(out)
+
     engine: Responder
-    async with responder(settings) as engine:
+    async with responder(settings, late_reply) as engine:
         runners = []
         for name in platforms:
             if name == "telegram":
-                from .telegram import run_telegram
-                runners.append(run_telegram(engine, settings, stop))
+                from .telegram import TelegramAdapter, run_telegram
+                adapters[name] = TelegramAdapter(engine, settings)
+                runners.append(run_telegram(adapters[name], stop))
             else:
-                from .discord_bot import run_discord
-                runners.append(run_discord(engine, settings, stop))
+                from .discord_bot import RapportDiscordClient, run_discord
+                adapters[name] = RapportDiscordClient(engine, settings)
+                runners.append(run_discord(adapters[name], stop))
         tasks = [asyncio.create_task(r) for r in runners]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()

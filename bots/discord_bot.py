@@ -20,14 +20,13 @@ from discord.gateway import DiscordWebSocket
 
 from engine.config import ConfigError, Settings
 from engine.log_privacy import protect_logs
-from engine.messages import IncomingMessage, OutgoingMessage, Responder, register_late_replies
+from engine.messages import IncomingMessage, NOT_TEXT, OutgoingMessage, Responder
 
 from .split import split_message
 
 PLATFORM = "discord"
 MESSAGE_LIMIT = 2000
 NO_PINGS = discord.AllowedMentions.none()
-NOT_TEXT = "I can only read text for now. Could you tell me in words?"
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +52,6 @@ class RapportDiscordClient(discord.Client):
         self.settings = settings
         self.tree = app_commands.CommandTree(self)
         self._add_slash_commands()
-        register_late_replies(engine, PLATFORM, self.deliver)
 
     def _add_slash_commands(self) -> None:
         @self.tree.command(name="chat", description="talk to me")
@@ -108,15 +106,13 @@ class RapportDiscordClient(discord.Client):
             out = await self.engine.handle(incoming)
         if out.silent:
             return
-        for i, piece in enumerate(split_message(out.text, MESSAGE_LIMIT)):
-            reference = message if (i == 0 and message.guild is not None) else None
-            await message.channel.send(piece, reference=reference, mention_author=False, allowed_mentions=NO_PINGS)
+        reference = message if message.guild is not None else None  # in servers, the first piece replies to it
+        await send_pieces(message.channel.send, out.text, reference=reference, mention_author=False)
 
     async def deliver(self, out: OutgoingMessage) -> None:
         """Send a reply that arrived late (split mode) to its channel, in pieces."""
         channel = self.get_channel(int(out.chat_id)) or await self.fetch_channel(int(out.chat_id))
-        for piece in split_message(out.text, MESSAGE_LIMIT):
-            await channel.send(piece, allowed_mentions=NO_PINGS)
+        await send_pieces(channel.send, out.text)
 
     async def answer_interaction(self, interaction: discord.Interaction, text: str, ephemeral: bool) -> None:
         """Defer at once (Discord's 3-second deadline), ask the engine, send the answer as follow-ups."""
@@ -127,18 +123,24 @@ class RapportDiscordClient(discord.Client):
         out = await self.engine.handle(incoming)
         if out.silent:
             return
-        for piece in split_message(out.text, MESSAGE_LIMIT):
-            await interaction.followup.send(piece, ephemeral=ephemeral, allowed_mentions=NO_PINGS)
+        await send_pieces(interaction.followup.send, out.text, ephemeral=ephemeral)
 
     async def on_error(self, event: str, *args, **kwargs) -> None:
         log.exception("discord event %s failed", event)
 
 
-async def run_discord(engine: Responder, settings: Settings, stop: asyncio.Event) -> None:
+async def send_pieces(send, text: str, reference: discord.Message | None = None, **kwargs) -> None:
+    """``send`` (a channel's or an interaction's) ``text`` in pieces of at most MESSAGE_LIMIT characters,
+    pinging nobody; only the first piece carries ``reference``."""
+    for i, piece in enumerate(split_message(text, MESSAGE_LIMIT)):
+        extra = {"reference": reference} if i == 0 and reference is not None else {}
+        await send(piece, allowed_mentions=NO_PINGS, **extra, **kwargs)
+
+
+async def run_discord(client: RapportDiscordClient, stop: asyncio.Event) -> None:
     """Run the bot until ``stop`` is set; a rejected token is a clear error."""
-    client = RapportDiscordClient(engine, settings)
     try:
-        await client.login(settings.discord_token)
+        await client.login(client.settings.discord_token)
     except discord.LoginFailure as exc:
         await client.close()
         raise ConfigError(f"Discord rejected DISCORD_BOT_TOKEN ({exc}); copy the bot token from the "

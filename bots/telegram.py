@@ -21,7 +21,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Contex
 from engine.commands import public_commands
 from engine.config import ConfigError, Settings
 from engine.log_privacy import protect_logs
-from engine.messages import IncomingMessage, OutgoingMessage, Responder, register_late_replies
+from engine.messages import IncomingMessage, NOT_TEXT, OutgoingMessage, Responder
 
 from .split import split_message
 
@@ -29,7 +29,6 @@ PLATFORM = "telegram"
 MESSAGE_LIMIT = 4096
 TYPING_EVERY_S = 4.0
 SORRY = "Sorry, something went wrong on my side. Please try again in a moment."
-NOT_TEXT = "I can only read text for now. Could you tell me in words?"
 SEND_ATTEMPTS = 4
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,6 @@ class TelegramAdapter:
             .build())
         self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self.on_message))
         self.app.add_error_handler(self.on_error)
-        register_late_replies(engine, PLATFORM, self.deliver)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -181,9 +179,8 @@ class TelegramAdapter:
                 await context.bot.send_message(update.effective_chat.id, SORRY)
 
 
-async def run_telegram(engine: Responder, settings: Settings, stop: asyncio.Event) -> None:
+async def run_telegram(adapter: TelegramAdapter, stop: asyncio.Event) -> None:
     """Run the adapter until ``stop`` is set."""
-    adapter = TelegramAdapter(engine, settings)
     await adapter.start()
     try:
         await stop.wait()

@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from .model.replier import STYLES
 from .safety import SafetyFilter
-from .store import Store, UserRef
+from .state.store import Store, UserRef
 
-STYLE_CHOICES = ("short", "long", "creative", "precise", "balanced")
+STYLE_CHOICES = tuple(STYLES)  # the decoding settings the replier has, "balanced" the default
 MAX_FACTS = 50
 LINK_CODE_TTL_S = 600
 _COMMAND = re.compile(r"^/([A-Za-z_]{1,32})(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)

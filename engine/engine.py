@@ -13,22 +13,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .access import BLOCKED, NOT_ALLOWED, PRIVACY_COMMANDS, Access
-from .batcher import InferenceBatcher
+from .model.batcher import InferenceBatcher
 from .commands import MAX_FACTS, CommandContext, parse_command, run_command
 from .config import Settings
 from .facts import extract_facts
-from .keyed_lock import KeyedLocks
+from .state.keyed_lock import KeyedLocks
 from .memory import answer_from_memory
-from .persona_guard import answer_about_self
+from .persona_guard import answer_about_self, claims_user_facts
 from .messages import DUPLICATE, IGNORED, IncomingMessage, OutgoingMessage
-from .profile import update_profile
-from .prompt import Turn
-from .redis_server import EmbeddedRedis
-from .replier import Replier, ReplyRequest
+from .model.profile import update_profile
+from .model.prompt import Turn
+from .state.redis_server import EmbeddedRedis
+from .model.replier import Replier, ReplyRequest
 from .safety import SafetyFilter, SafetyReplies
 from .safety.replies import DEFAULT_CRISIS_REPLY, DEFAULT_CRISIS_URL
 from .sanitize import clean_text
-from .store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
+from .state.store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
 
 log = logging.getLogger("rapport.engine")
 
@@ -192,7 +192,8 @@ class Engine:
         reply = answer_from_memory(text, facts) or answer_about_self(text, list(self.settings.persona))
         scored, message_vec = await self.batcher.submit(ReplyRequest(
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
-            needs_reply=reply is None, keep=self.safety.candidates_ok))
+            needs_reply=reply is None, keep=self.safety.candidates_ok,
+            claims=lambda texts: claims_user_facts(texts, facts, self.settings.persona)))
         if reply is None:
             reply = scored.text
         if message_vec is not None:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 
 DUPLICATE = "duplicate"  # OutgoingMessage.kind of a repeated delivery: adapters send nothing
+NOT_TEXT = "I can only read text for now. Could you tell me in words?"  # a photo, sticker, voice note...
 IGNORED = "ignored"  # OutgoingMessage.kind for a blocked or not-allowed user (no notice due): send nothing
 
 
@@ -54,16 +55,9 @@ class OutgoingMessage:
 
 class Responder(Protocol):
     """What adapters talk to: the in-process :class:`~engine.engine.Engine`, or in split mode the
-    :class:`~engine.streams.StreamGateway` that hands messages to workers over Redis Streams."""
+    :class:`~engine.split.gateway.StreamGateway` that hands messages to workers over Redis Streams."""
 
     settings: "Settings"
 
     async def handle(self, msg: IncomingMessage) -> OutgoingMessage: ...
 
-
-def register_late_replies(responder: Responder, platform: str, send) -> None:
-    """Let ``send(OutgoingMessage)`` deliver ``platform``'s replies that arrive after ``handle`` stopped
-    waiting (split mode: the gateway told the user "my reply will follow"). A no-op in single mode."""
-    senders = getattr(responder, "late_reply_senders", None)
-    if senders is not None:
-        senders[platform] = send

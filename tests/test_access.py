@@ -8,7 +8,7 @@ from engine.access import BLOCKED, NOT_ALLOWED
 from engine.config import ConfigError, Settings
 from engine.engine import Engine
 from engine.messages import IncomingMessage
-from engine.store import UserRef
+from engine.state.store import UserRef
 
 
 async def keys_of(engine, user: str) -> list[str]:

@@ -4,12 +4,12 @@ import asyncio
 import numpy as np
 
 from bots.fake import FakeAdapter
-from engine.batcher import InferenceBatcher
+from engine.model.batcher import InferenceBatcher
 from engine.engine import Engine
-from engine.generation import GenerationConfig, nucleus_sample
-from engine.prompt import Turn
-from engine.replier import ReplyRequest
-from engine.store import UserRef
+from engine.model.generation import GenerationConfig, nucleus_sample
+from engine.model.prompt import Turn
+from engine.model.replier import ReplyRequest
+from engine.state.store import UserRef
 
 TEXTS = ["hi, how are you today?", "what do you do for fun? i like hiking a lot", "i'm so tired of school",
          "do you like pizza?", "tell me about your family, do you have brothers or sisters?"]
@@ -71,12 +71,25 @@ def test_under_load_each_user_gets_fewer_rows(replier):
     assert replier.shrink(GenerationConfig("sample", num_candidates=4), 10).num_candidates == replier.max_rows // 10
 
 
-async def test_concurrent_users_are_batched_and_answered_apart(settings, replier):
+def batch_spy(replier, monkeypatch) -> list[int]:
+    """Sizes of the batches the (real) replier is asked to answer."""
+    sizes: list[int] = []
+    answer = replier.reply_batch
+
+    def recording(requests):
+        sizes.append(len(requests))
+        return answer(requests)
+    monkeypatch.setattr(replier, "reply_batch", recording)
+    return sizes
+
+
+async def test_concurrent_users_are_batched_and_answered_apart(settings, replier, monkeypatch):
+    sizes = batch_spy(replier, monkeypatch)
     async with Engine.from_settings(settings, replier=replier) as engine:
         bot = FakeAdapter(engine)
         replies = await asyncio.gather(*(bot.send(f"b{k}", text) for k, text in enumerate(TEXTS)))
         assert all(r.text for r in replies) and [r.user_id for r in replies] == [f"b{k}" for k in range(5)]
-        assert max(engine.batcher.batch_sizes) > 1
+        assert max(sizes) > 1
         for k, text in enumerate(TEXTS):  # each history holds its own message and its own reply
             history = await engine.store.history(engine_ref(k))
             assert [t.text for t in history] == [text, replies[k].text]
@@ -86,13 +99,14 @@ def engine_ref(k):
     return UserRef("fake", f"b{k}", f"b{k}")
 
 
-async def test_one_bad_request_does_not_fail_the_batch(replier):
+async def test_one_bad_request_does_not_fail_the_batch(replier, monkeypatch):
+    sizes = batch_spy(replier, monkeypatch)
     batcher = InferenceBatcher(replier, max_wait_s=0.05)
     good = ReplyRequest([Turn("do you like pizza?", True)], [], [], None)
     corrupt = ReplyRequest([Turn("hi there", True)], [], [], np.ones(7, dtype=np.float32))  # wrong dimension
     results = await asyncio.gather(batcher.submit(good), batcher.submit(corrupt), batcher.submit(good),
                                    return_exceptions=True)
     batcher.close()
-    assert batcher.batch_sizes[0] == 3
+    assert sizes[:4] == [3, 1, 1, 1]  # the batch, then each request alone
     assert results[0][0].text and results[2][0].text
     assert isinstance(results[1], RuntimeError)

@@ -17,6 +17,7 @@ def prepared(tmp_path_factory):
     return sizes, load_splits(out), load_facts(out)
 
 
+@pytest.mark.slow  # prepares the whole corpus
 def test_splits_are_disjoint_by_conversation(prepared):
     sizes, splits, _ = prepared
     ids = [c.conv_id for convs in splits.values() for c in convs]
@@ -32,6 +33,7 @@ def test_splits_are_disjoint_by_conversation(prepared):
     assert sizes["train_conversations"] > 2500 and min(sizes[f"{k}_conversations"] for k in splits) >= 150
 
 
+@pytest.mark.slow
 def test_new_users_never_in_train_known_users_are(prepared):
     _, splits, facts = prepared
     train_speakers = {s for c in splits["train"] for s in c.speakers}
@@ -44,6 +46,7 @@ def test_new_users_never_in_train_known_users_are(prepared):
     assert set(facts) <= train_speakers
 
 
+@pytest.mark.slow
 def test_turns_alternate_and_are_clean(prepared):
     from training.data import make_examples
     _, splits, _ = prepared

@@ -125,4 +125,5 @@ async def test_missing_or_rejected_token_fails_fast(dc_settings, replier):
         with pytest.raises(ConfigError, match="DISCORD_BOT_TOKEN is not set"):
             RapportDiscordClient(engine, replace(dc_settings, discord_token=None))
         with pytest.raises(ConfigError, match="rejected"):
-            await run_discord(engine, replace(dc_settings, discord_token="wrong"), asyncio.Event())
+            await run_discord(RapportDiscordClient(engine, replace(dc_settings, discord_token="wrong")),
+                              asyncio.Event())

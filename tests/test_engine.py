@@ -8,7 +8,7 @@ import pytest
 from bots.fake import FakeAdapter
 from engine.engine import EMPTY_REPLY, RATE_LIMITED, TOO_LONG, Engine
 from engine.messages import IncomingMessage
-from engine.replier import RankWeights, Replier
+from engine.model.replier import RankWeights, Replier
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ async def test_forget_confirmation_expires(engine):
 
 
 def engine_ref(user):
-    from engine.store import UserRef
+    from engine.state.store import UserRef
     return UserRef("fake", user, user)
 
 
@@ -222,8 +222,8 @@ def test_mmi_prior_and_hubness_mark_generic_replies(replier):
 
 
 def test_greedy_mode_sends_the_greedy_reply_unless_it_cannot_be_sent(replier):
-    from engine.prompt import Turn
-    from engine.replier import GREEDY, LOST_FOR_WORDS, SAFE_FALLBACK, ReplyRequest, complete_sentences
+    from engine.model.prompt import Turn
+    from engine.model.replier import GREEDY, LOST_FOR_WORDS, SAFE_FALLBACK, ReplyRequest, complete_sentences
     greedy = Replier(replier.model, replier.codec, replier.encoder, replier.budget, replier.weights,
                      index=replier.index, mode="greedy")
     turns = [Turn("i just got back from a hike in the mountains", True)]

@@ -8,6 +8,7 @@ from engine.config import DEFAULT_MODEL
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("chitchat_dataset")
+pytestmark = pytest.mark.slow  # exports a full-size model
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_int8_encoder_export_keeps_the_ranking(tmp_path):
 
 
 def test_fp32_encoder_export_parity(tmp_path):
-    from engine.encoder import SentenceEncoder
+    from engine.model.encoder import SentenceEncoder
     from training.export_encoder import export_encoder
     export_encoder(tmp_path / "enc", quantize=False)
     texts = ["hello there", "a much longer sentence about hiking in the mountains of utah"]

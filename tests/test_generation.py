@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from engine.generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetition_penalty,
+from engine.model.generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetition_penalty,
                                banned_ngram_tokens, top_k_top_p_filter)
-from engine.profile import recommender_score, update_profile
+from engine.model.profile import recommender_score, update_profile
 
 
 def test_repetition_penalty_like_hf():

@@ -8,7 +8,7 @@ import pytest
 from bots.discord_bot import RapportDiscordClient
 from bots.telegram import TelegramAdapter
 from engine.engine import Engine
-from engine.store import UserRef
+from engine.state.store import UserRef
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.telegram_api import BOT_USERNAME, FakeTelegramAPI
 

@@ -19,6 +19,7 @@ def test_persona_lines_become_engine_facts_and_both_sides_reply():
 
 
 @needs_data
+@pytest.mark.slow  # reads the whole persona corpus
 def test_no_conversation_is_in_two_splits():
     splits = load_persona_splits()
     ids = {name: {c.conv_id for c in convs} for name, convs in splits.items()}

@@ -1,6 +1,5 @@
 """The bot keeps its own persona: questions about it are answered from its persona facts, and a
 candidate that claims the user's facts as the bot's own is ranked down."""
-import asyncio
 
 from bench.persona import claims, confusion_probes
 from bots.fake import FakeAdapter

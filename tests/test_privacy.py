@@ -7,7 +7,7 @@ from dataclasses import replace
 from bots.fake import FakeAdapter
 from engine.engine import Engine
 from engine.messages import IncomingMessage
-from engine.store import StoredTurn, UserRef, glob_escape
+from engine.state.store import StoredTurn, UserRef, glob_escape
 
 
 def test_glob_escape():

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
-from engine.encoder import SentenceEncoder
-from engine.retrieval import IndexMismatch, ReplyIndex, file_sha256
+from engine.model.encoder import SentenceEncoder
+from engine.model.retrieval import IndexMismatch, ReplyIndex, file_sha256
 from training.build_index import keep_reply
 
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from engine.generation import GenerationConfig
-from engine.seq2seq import Seq2SeqModel
+from engine.model.generation import GenerationConfig
+from engine.model.seq2seq import Seq2SeqModel
 
 from .conftest import FIXTURES
 
@@ -61,7 +61,7 @@ def test_teacher_forced_score_matches_step_by_step():
     source, target = [5, 6, 7, 8], [9, 10, 11, model.eos_id]
     batch = model.score([source, [4, 5]], [target, [9, model.eos_id]])
     import numpy as np
-    from engine.generation import log_softmax
+    from engine.model.generation import log_softmax
     ids = np.asarray([source])
     hidden = model.encode(ids, np.ones_like(ids))
     logits, past = model.first_step(np.asarray([[model.decoder_start_id]]), hidden, np.ones_like(ids))

@@ -7,11 +7,11 @@ from bench.safety import PROBES as PROBE_DIR
 from bench.safety import load, split_probes
 from bots.fake import FakeAdapter
 from engine.engine import Engine
-from engine.prompt import Turn
-from engine.replier import SAFE_FALLBACK, ReplyRequest
+from engine.model.prompt import Turn
+from engine.model.replier import SAFE_FALLBACK, ReplyRequest
 from engine.safety import Category, SafetyFilter
 from engine.safety.replies import ABUSE_REPLIES, DEFAULT_CRISIS_URL
-from engine.store import UserRef
+from engine.state.store import UserRef
 
 HARMFUL, BENIGN = load("harmful"), load("benign")
 FIGURATIVE = ["this homework is killing me", "I killed it at the gym", "my feet are killing me",

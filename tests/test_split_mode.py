@@ -16,9 +16,10 @@ from bots.fake import FakeAdapter
 from bots.telegram import TelegramAdapter
 from engine.config import ConfigError
 from engine.engine import Engine
-from engine.redis_server import EmbeddedRedis, free_port
-from engine.store import UserRef
-from engine.streams import SLOW, StreamGateway, StreamWorker
+from engine.state.redis_server import EmbeddedRedis, free_port
+from engine.state.store import UserRef
+from engine.split.gateway import SLOW, StreamGateway
+from engine.split.worker import StreamWorker
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 FULL = os.environ.get("RAPPORT_FULL_LOAD") == "1"
@@ -162,8 +163,13 @@ async def telegram_on_a_gateway(settings, replier):
     api = await FakeTelegramAPI().start()
     settings = replace(settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1)
     try:
-        async with workers(settings, replier, 1), StreamGateway.from_settings(settings) as gateway:
-            adapter = TelegramAdapter(gateway, settings)
+        adapters = {}
+
+        async def late_reply(out):
+            await adapters[out.platform].deliver(out)
+
+        async with workers(settings, replier, 1), StreamGateway.from_settings(settings, late_reply) as gateway:
+            adapter = adapters["telegram"] = TelegramAdapter(gateway, settings)
             await adapter.start()
             try:
                 yield api

@@ -4,7 +4,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from engine.store import LockTimeout, StoredTurn, UserRef
+from engine.state.store import LockTimeout, StoredTurn, UserRef
 
 REF = UserRef("fake", "u1", "c1")
 

@@ -1,8 +1,8 @@
 from engine.facts import extract_facts, extract_name
 from engine.memory import answer_from_memory, second_person
-from engine.prompt import BOT_MARK, USER_MARK, PromptBudget, Turn, build_source_ids
+from engine.model.prompt import BOT_MARK, USER_MARK, PromptBudget, Turn, build_source_ids
 from engine.sanitize import clean_text
-from engine.text import detokenize
+from engine.model.text import detokenize
 
 SPECIAL = {"[CLS]": 101, "[SEP]": 102, "[unused1]": 2, "[unused2]": 3, "[unused3]": 4, "[unused4]": 5}
 
@@ -59,7 +59,7 @@ def test_clean_text():
 
 
 def test_a_cut_reply_is_trimmed_to_its_last_sentence():
-    from engine.replier import complete_sentences
+    from engine.model.replier import complete_sentences
     assert complete_sentences("i don't know. i'm going to go to bed. i") == "i don't know. i'm going to go to bed."
     assert complete_sentences("what?! no way") == "what?!"
     assert complete_sentences("i like the 3.5 version and") == ""
@@ -92,8 +92,8 @@ def test_the_prompt_fits_five_bot_and_five_user_facts():
     import json
 
     from engine.config import DEFAULT_MODEL
-    from engine.prompt import PromptBudget, Turn, build_source_ids
-    from engine.text import TextCodec
+    from engine.model.prompt import PromptBudget, Turn, build_source_ids
+    from engine.model.text import TextCodec
     codec = TextCodec.from_file(DEFAULT_MODEL / "tokenizer.json")
     bot = ["i love to bake cookies", "i have two dogs", "knitting is my passion", "i live near the sea",
            "my favorite band is the beatles"]

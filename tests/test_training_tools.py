@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from engine.replier import CandidateFeatures, RankWeights
+from engine.model.replier import CandidateFeatures, RankWeights
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 
+@pytest.mark.slow  # packs a full-size model
 def test_chat_shards_round_trip(tmp_path):
     """Only trained weights travel, each shard under 15 MiB; unpacking rebuilds the trained model."""
     from training.modeling import build_model, freeze_embeddings
@@ -107,10 +108,11 @@ def test_reply_choice_terms_against_bland_replies_and_tuning():
     assert top10_share(["a"] * 5 + [str(i) for i in range(95)]) == 0.14
 
 
+@pytest.mark.slow
 def test_dequantized_model_computes_what_the_int8_export_computes():
     """The rebuilt fp32 BART (benchmarks' shared weights) matches the shipped int8 ONNX up to int8 compute."""
     from engine.config import DEFAULT_MODEL
-    from engine.seq2seq import Seq2SeqModel
+    from engine.model.seq2seq import Seq2SeqModel
     from training.dequantize import dequantize_matmul_nbits, rebuild
     q = np.array([[[128, 130, 126, 255]]], dtype=np.uint8)
     assert dequantize_matmul_nbits(q, np.array([[0.5]], dtype=np.float32), 3, 8).tolist() == [[0.0, 1.0, -1.0]]

@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 
 from engine.config import DEFAULT_ENCODER
-from engine.encoder import SentenceEncoder
-from engine.retrieval import ReplyIndex, file_sha256
+from engine.model.encoder import SentenceEncoder
+from engine.model.retrieval import ReplyIndex, file_sha256
 
 from .data import DEFAULT_DATA, load_splits
 from .examples import all_examples, context_text

@@ -22,16 +22,16 @@ from typing import Callable
 
 import numpy as np
 
-from engine.encoder import SentenceEncoder
-from engine.generation import GenerationConfig
-from engine.profile import recommender_score
-from engine.prompt import PromptBudget
-from engine.seq2seq import Seq2SeqModel
-from engine.text import TextCodec
+from engine.model.encoder import SentenceEncoder
+from engine.model.generation import GenerationConfig
+from engine.model.profile import recommender_score
+from engine.model.prompt import PromptBudget
+from engine.model.seq2seq import Seq2SeqModel
+from engine.model.text import TextCodec
 
 from .data import DEFAULT_DATA, Example, facts_for, load_facts, load_splits
 from .examples import FACTS_PER_SIDE, ExampleEncoder, all_examples, context_text
-from .metrics import bootstrap_ci, distinct_n, hits_at_1, unigram_f1, word_count, word_perplexity
+from .metrics import bootstrap_ci, distinct_n, draw_distractors, hits_at_1, unigram_f1, word_count, word_perplexity
 
 CONSTANT_REPLY = "i am good how are you"
 DECODING = GenerationConfig(max_new_tokens=32, no_repeat_ngram_size=3)
@@ -99,12 +99,7 @@ class Evaluator:
         out = []
         for ex in exs:
             rng = random.Random(f"{self.seed}:d:{ex.conv_id}:{ex.turn_index}")
-            picks = []
-            while len(picks) < 19:
-                r = pool[rng.randrange(len(pool))]
-                if r != ex.reply:
-                    picks.append(r)
-            out.append([ex.reply] + picks)
+            out.append([ex.reply] + draw_distractors(pool, ex.reply, rng))
         return out
 
     def score_split(self, split: str, condition: str) -> dict[str, np.ndarray]:

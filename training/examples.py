@@ -4,9 +4,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine.prompt import PromptBudget, Turn, build_source_ids
-from engine.replier import context_text as engine_context_text
-from engine.text import TextCodec
+from engine.model.prompt import PromptBudget, Turn, build_source_ids
+from engine.model.replier import context_text as engine_context_text
+from engine.model.text import TextCodec
 
 from .data import Conversation, Example, facts_for, make_examples
 from .persona import PersonaExample

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from transformers import BartConfig, BartForConditionalGeneration
 
-from engine.generation import GenerationConfig
-from engine.prompt import PromptBudget
-from engine.seq2seq import Seq2SeqModel
-from engine.text import TextCodec
+from engine.model.generation import GenerationConfig
+from engine.model.prompt import PromptBudget
+from engine.model.seq2seq import Seq2SeqModel
+from engine.model.text import TextCodec
 
 from .data import DEFAULT_DATA, load_facts, load_splits
 from .examples import ExampleEncoder

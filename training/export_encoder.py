@@ -5,7 +5,7 @@
     rapport-train export-encoder --out ~/.cache/rapport/zero-shot-encoder   # the pretrained MiniLM
 
 The graph outputs token states; mean pooling and L2 normalisation run in numpy
-(`engine.encoder.SentenceEncoder`). The tokenizer is saved with padding and truncation off.
+(`engine.model.encoder.SentenceEncoder`). The tokenizer is saved with padding and truncation off.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def top1_agreement(a: np.ndarray, b: np.ndarray, set_size: int = 21) -> float:
 
 def export_report(fp32_dir: Path, int8_dir: Path, sets: list[list[str]]) -> dict:
     """int8 vs fp32 ONNX: top-1 agreement on the candidate sets and mean cosine of the vectors."""
-    from engine.encoder import SentenceEncoder
+    from engine.model.encoder import SentenceEncoder
 
     flat = [t for group in sets for t in group]
     a = SentenceEncoder.from_dir(fp32_dir).embed(flat)

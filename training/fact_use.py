@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.prompt import PromptBudget
-from engine.seq2seq import Seq2SeqModel
-from engine.text import TextCodec
+from engine.model.prompt import PromptBudget
+from engine.model.seq2seq import Seq2SeqModel
+from engine.model.text import TextCodec
 
 from .examples import ExampleEncoder
 from .metrics import bootstrap_ci

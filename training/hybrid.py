@@ -3,7 +3,7 @@
     rapport-train eval-hybrid --model exported_models/rapport-chat-small \
         --zero-shot-encoder ~/.cache/rapport/zero-shot-encoder
 
-Candidates come from ``engine.replier.Replier`` exactly as in the chat (see
+Candidates come from ``engine.model.replier.Replier`` exactly as in the chat (see
 ``training/reply_choice.py``, which also tunes the ranking weights); the user's profile vector R_u is
 built with the engine's ``update_profile`` over the user's messages in their training conversations.
 ``eval-hybrid`` reports greedy, generator-only, retrieval-only and hybrid replies, and ranker
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
-from engine.encoder import SentenceEncoder
-from engine.profile import update_profile
-from engine.replier import RankWeights, Replier
-from engine.retrieval import ReplyIndex
+from engine.model.encoder import SentenceEncoder
+from engine.model.profile import update_profile
+from engine.model.replier import RankWeights, Replier
+from engine.model.retrieval import ReplyIndex
 
 from .data import DEFAULT_DATA, Example
 from .evaluate import Evaluator, Sizes, _ci, write_card_from_files

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import DEFAULT_ENCODER
-from engine.seq2seq import Seq2SeqModel
+from engine.model.seq2seq import Seq2SeqModel
 
 from .data import DEFAULT_DATA
 from .evaluate import Evaluator, Sizes

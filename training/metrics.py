@@ -50,6 +50,16 @@ def word_perplexity(total_nll: float, total_words: int) -> float:
     return math.exp(total_nll / total_words)
 
 
+def draw_distractors(pool: list[str], true: str, rng, n: int = 19) -> list[str]:
+    """``n`` replies drawn from ``pool`` (with replacement) that differ from ``true``: the Hits@1/20 negatives."""
+    picks: list[str] = []
+    while len(picks) < n:
+        r = pool[rng.randrange(len(pool))]
+        if r != true:
+            picks.append(r)
+    return picks
+
+
 def hits_at_1(scores: np.ndarray) -> np.ndarray:
     """1 where the true candidate (column 0) scores strictly best, per row of (n, candidates)."""
     return (scores[:, 0] > scores[:, 1:].max(axis=1)).astype(np.float64)

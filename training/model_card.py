@@ -95,7 +95,7 @@ def write_card(model_dir: Path, results: dict, run: Path | None, warm_run: Path 
           "37M parameters) warm-started from all-MiniLM-L6-v2 and trained on the BYU Chit-Chat corpus. "
           "Shipped as int8 ONNX in the Hugging Face Optimum layout (encoder + merged decoder with "
           "`use_cache_branch`). The model input carries the bot's persona facts, the user's profile facts and "
-          "the last turns (see `engine/prompt.py`); the user's profile *vector* is used by the ranker "
+          "the last turns (see `engine/model/prompt.py`); the user's profile *vector* is used by the ranker "
           "(P(u, c)), not by the generator.", ""]
     L += _training_lines(model_dir, run, log, sizes, runtime)
     if has_plot:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .data import DEFAULT_DATA, Example, load_splits
 from .examples import all_examples, context_text
+from .metrics import draw_distractors
 from .modeling import copy_minilm_files, minilm_dir
 
 SCALE = 20.0
@@ -49,12 +50,7 @@ def valid_sets(exs: list[Example], n: int, seed: int = 0) -> list[tuple[str, lis
     pool = [e.reply for e in exs]
     out = []
     for ex in rng.sample(exs, min(n, len(exs))):
-        picks: list[str] = []
-        while len(picks) < 19:
-            r = pool[rng.randrange(len(pool))]
-            if r != ex.reply:
-                picks.append(r)
-        out.append((context_text(ex), [ex.reply, *picks]))
+        out.append((context_text(ex), [ex.reply, *draw_distractors(pool, ex.reply, rng)]))
     return out
 
 

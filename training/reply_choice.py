@@ -33,9 +33,9 @@ import numpy as np
 
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
 from engine.facts import content_words
-from engine.profile import update_profile
-from engine.prompt import Turn
-from engine.replier import GREEDY, CandidateFeatures, RankWeights, Replier, complete_sentences
+from engine.model.profile import update_profile
+from engine.model.prompt import Turn
+from engine.model.replier import GREEDY, CandidateFeatures, RankWeights, Replier, complete_sentences
 
 from .data import DEFAULT_DATA
 from .examples import turns_of

@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engine.text import TextCodec
+from engine.model.text import TextCodec
 
-from engine.prompt import PromptBudget
+from engine.model.prompt import PromptBudget
 
 from .data import DEFAULT_DATA, load_facts, load_splits
 from .examples import Encoded, ExampleEncoder, all_examples, encode_persona

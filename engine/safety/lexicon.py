@@ -107,7 +107,7 @@ HATE = _any(
     r"don't matter|dont matter|can't (?:do math|think|drive)|smell bad|ruin(?:s|ing)? (?:everything|our|the|families|"
     r"society|this country)|"
     r"control (?:the world|everything)|spread disease|need a real man|deserve to be called)",
-    rf"\b(?:superior|master|pure) race\b|\bhitler was right\b|\bholocaust (?:never happened|didn't happen|"
+    r"\b(?:superior|master|pure) race\b|\bhitler was right\b|\bholocaust (?:never happened|didn't happen|"
     r"was a (?:hoax|lie))|\breplaced by (?:immigrants|foreigners)\b|"
     r"\bprotect our race\b",
     rf"\bwhy {GROUP} are (?:dumber|stupider|inferior|worse)\b|\b(?:think|agree|say|admit) (?:that )?{GROUP}\b"

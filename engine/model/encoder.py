@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
+
+from .onnx_session import onnx_session
 
 
 class SentenceEncoder:
@@ -20,11 +21,7 @@ class SentenceEncoder:
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_tokens)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = onnx_session(self.folder / "model.onnx", threads)
 
     @classmethod
     def from_dir(cls, folder: str | Path, threads: int = 2) -> "SentenceEncoder":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,7 +27,6 @@ class InferenceBatcher:
         self.replier = replier
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self.batch_sizes: deque[int] = deque(maxlen=1000)  # sizes of the latest batches (benchmarks, tests)
         self._queue: list[tuple[ReplyRequest, asyncio.Future]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-infer")
         self._runner: asyncio.Task | None = None
@@ -50,7 +48,6 @@ class InferenceBatcher:
             batch = [(req, fut) for req, fut in batch if not fut.done()]  # skip cancelled callers
             if not batch:
                 continue
-            self.batch_sizes.append(len(batch))
             results = await loop.run_in_executor(self._executor, self._run, [req for req, _ in batch])
             for (_, future), result in zip(batch, results):
                 if future.done():

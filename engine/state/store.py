@@ -174,7 +174,7 @@ class RedisStore:
         await self.r.aclose()
 
     def key(self, kind: str, *parts: str) -> str:
-        """The Redis key ``P:kind:part:...`` (schema above; split mode's keys in engine/streams.py)."""
+        """The Redis key ``P:kind:part:...`` (schema above; split mode's keys in engine/split/__init__.py)."""
         return ":".join((self.p, kind, *parts))
 
     # --- history --------------------------------------------------------------------------------

@@ -23,26 +23,25 @@ import numpy as np
 
 from .encoder import SentenceEncoder
 from .generation import GenerationConfig
-from .persona_guard import claims_user_facts
 from .profile import recommender_score
 from .retrieval import ReplyIndex
 from .prompt import PromptBudget, Turn, build_source_ids
 from .seq2seq import Seq2SeqModel
 from .text import TextCodec
 
-STYLES: dict[str, list[GenerationConfig]] = {
-    "balanced": [GenerationConfig("beam", max_new_tokens=32, num_beams=4, num_candidates=4, no_repeat_ngram_size=3),
-                 GenerationConfig("sample", max_new_tokens=32, num_candidates=4, top_p=0.9, temperature=0.8,
-                                  no_repeat_ngram_size=3, repetition_penalty=1.2)],
-    "precise": [GenerationConfig("beam", max_new_tokens=32, num_beams=5, num_candidates=5, no_repeat_ngram_size=3)],
-    "creative": [GenerationConfig("sample", max_new_tokens=40, num_candidates=8, top_p=0.95, temperature=1.0,
-                                  no_repeat_ngram_size=3, repetition_penalty=1.2)],
+STYLES: dict[str, list[GenerationConfig]] = {  # /style's choices, in the order its usage lists them
     "short": [GenerationConfig("beam", max_new_tokens=16, num_beams=4, num_candidates=4, no_repeat_ngram_size=3,
                                length_penalty=0.6)],
     "long": [GenerationConfig("beam", max_new_tokens=48, min_new_tokens=12, num_beams=4, num_candidates=4,
                               no_repeat_ngram_size=3, length_penalty=1.5),
              GenerationConfig("sample", max_new_tokens=48, min_new_tokens=12, num_candidates=4, top_p=0.9,
                               no_repeat_ngram_size=3, repetition_penalty=1.2)],
+    "creative": [GenerationConfig("sample", max_new_tokens=40, num_candidates=8, top_p=0.95, temperature=1.0,
+                                  no_repeat_ngram_size=3, repetition_penalty=1.2)],
+    "precise": [GenerationConfig("beam", max_new_tokens=32, num_beams=5, num_candidates=5, no_repeat_ngram_size=3)],
+    "balanced": [GenerationConfig("beam", max_new_tokens=32, num_beams=4, num_candidates=4, no_repeat_ngram_size=3),
+                 GenerationConfig("sample", max_new_tokens=32, num_candidates=4, top_p=0.9, temperature=0.8,
+                                  no_repeat_ngram_size=3, repetition_penalty=1.2)],
 }
 GREEDY = GenerationConfig("greedy", max_new_tokens=32, no_repeat_ngram_size=3)
 _DECODING = {**STYLES, "greedy": [GREEDY]}  # what candidates_batch decodes per style (greedy: not a user style)
@@ -95,7 +94,8 @@ class CandidateFeatures:
 class ReplyRequest:
     """What :meth:`Replier.reply_batch` needs for one user. ``message`` is embedded for the profile
     update; ``needs_reply`` is False when the engine already has the answer (from memory); ``keep`` is the
-    output filter (True for each candidate text that may be sent), applied before ranking."""
+    output filter (True for each candidate text that may be sent), applied before ranking; ``claims`` marks
+    (1.0) each candidate that claims the user's facts as the bot's own, which then ranks like a repeat."""
 
     turns: list[Turn]
     persona: list[str]
@@ -104,6 +104,7 @@ class ReplyRequest:
     style: str = "balanced"
     needs_reply: bool = True
     keep: Callable[[list[str]], list[bool]] | None = None
+    claims: Callable[[list[str]], np.ndarray] | None = None
 
     @property
     def message(self) -> str:
@@ -347,7 +348,7 @@ class Replier:
             if not pools[n]:
                 out.append(ScoredReply(SAFE_FALLBACK if had_candidates[n] else LOST_FOR_WORDS, 0.0, 0.0, 0.0, 0.0))
                 continue
-            claims = claims_user_facts(list(pools[n]), req.user_facts, req.persona)
+            claims = req.claims(list(pools[n])) if req.claims is not None else None
             out.append(self.rank(context_vecs[n], list(pools[n].items()), profiles[n], recents[n],
                                  req.style, vectors[n], claims, priors[n])[0])
         return out

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from .onnx_session import onnx_session
 from .generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetition_penalty, log_softmax,
                          nucleus_sample)
 
@@ -29,14 +29,6 @@ class Candidate:
     def mean_logprob(self) -> float:
         """Log-probability per generated token."""
         return self.logprob / max(1, len(self.ids))
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _pick(folder: Path, *names: str) -> Path | None:
@@ -60,17 +52,17 @@ class Seq2SeqModel:
         merged = _pick(folder, "decoder_model_merged.onnx", "decoder_model_merged_quantized.onnx")
         if encoder is None:
             raise FileNotFoundError(f"{folder} has no encoder_model.onnx: not an Optimum seq2seq export")
-        self.encoder = _session(encoder, threads)
+        self.encoder = onnx_session(encoder, threads)
         if merged is not None:
-            self.decoder = self.decoder_with_past = _session(merged, threads)
+            self.decoder = self.decoder_with_past = onnx_session(merged, threads)
         else:
             first = _pick(folder, "decoder_model.onnx", "decoder_model_quantized.onnx")
             past = _pick(folder, "decoder_with_past_model.onnx", "decoder_with_past_model_quantized.onnx")
             if first is None or past is None:
                 raise FileNotFoundError(f"{folder} needs decoder_model_merged.onnx or decoder_model.onnx + "
                                         "decoder_with_past_model.onnx")
-            self.decoder = _session(first, threads)
-            self.decoder_with_past = _session(past, threads)
+            self.decoder = onnx_session(first, threads)
+            self.decoder_with_past = onnx_session(past, threads)
         self.merged = merged is not None
         self._input_names = {id(sess): {i.name for i in sess.get_inputs()}
                              for sess in (self.decoder, self.decoder_with_past)}

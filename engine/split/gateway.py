@@ -1,0 +1,141 @@
+"""The adapter side of split mode: publish each message to the workers, wait for its reply."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import asdict
+from typing import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from ..config import Settings
+from ..messages import DUPLICATE, IncomingMessage, OutgoingMessage
+from ..state.keyed_lock import KeyedLocks
+from ..state.store import RedisStore, UserRef, connect
+from .common import (DAY_S, GATEWAYS_GROUP, REDIS_DOWN, WEEK_S, WORKERS_GROUP, default_id, ensure_group, log,
+                     retry_while_down, split_redis_url)
+
+SLOW = "Sorry, I'm answering slowly right now. Your message is kept; my reply will follow."
+LateReply = Callable[[OutgoingMessage], Awaitable[None]]
+
+_PUBLISH = """
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[4]) then return 0 end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('XADD', KEYS[3], '*', 'msg', ARGV[1], 'reply_to', ARGV[2], 'req', ARGV[3], 'seq', seq)
+return seq
+"""
+
+
+class StreamGateway:
+    """Stands in for the :class:`~engine.engine.Engine` in an adapter process: publishes each message to
+    ``P:in`` and waits for the reply a worker publishes to this gateway's ``P:out:G``. A reply that comes
+    after ``handle`` stopped waiting goes to ``late_reply`` (the adapters' send; without one it is dropped)."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis, late_reply: LateReply | None = None,
+                 gateway_id: str | None = None) -> None:
+        self.settings = settings
+        self.r = client
+        self.id = gateway_id or settings.gateway_id or default_id()
+        self.store = RedisStore(client, prefix=settings.key_prefix)  # key names and the duplicate check
+        self._k = self.store.key
+        self.out_stream = self._k("out", self.id)
+        self.late_reply = late_reply
+        self._publish = client.register_script(_PUBLISH)
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._user_locks = KeyedLocks()
+        self._reader: asyncio.Task | None = None
+        self._closing = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, late_reply: LateReply | None = None) -> "StreamGateway":
+        """A gateway on REDIS_URL."""
+        return cls(settings, connect(split_redis_url(settings)), late_reply)
+
+    async def start(self) -> None:
+        """Check Redis (clear error if unreachable) and start reading replies."""
+        try:
+            await self.r.ping()
+            await ensure_group(self.r, self._k("in"), WORKERS_GROUP)
+            await ensure_group(self.r, self.out_stream, GATEWAYS_GROUP)
+        except REDIS_DOWN as exc:
+            raise ConnectionError(f"cannot reach Redis at {self.settings.redis_url}: {exc}") from exc
+        self._reader = asyncio.create_task(self._read_replies())
+
+    async def stop(self) -> None:
+        """Stop reading replies and close the connection."""
+        self._closing = True  # redis-py may turn the cancellation of a blocked read into a ConnectionError
+        if self._reader:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self.r.aclose()
+
+    async def __aenter__(self) -> "StreamGateway":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def handle(self, msg: IncomingMessage) -> OutgoingMessage:
+        """Publish ``msg`` and wait for its reply (a polite notice after ``reply_timeout_s``; the late
+        reply then goes to ``late_reply``)."""
+        ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
+        request = uuid.uuid4().hex
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request] = future
+        try:
+            async with self._user_locks.hold(ref.user):  # a user's messages enter the stream in arrival order
+                if msg.message_id and not await self._retrying(self.store.first_delivery, ref, msg.message_id):
+                    return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id, DUPLICATE)
+                await self._retrying(self._publish, keys=[self._k("pub", request), self._k("seq", ref.user),
+                                                          self._k("in")],
+                                     args=[json.dumps(asdict(msg)), self.out_stream, request, DAY_S, WEEK_S])
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), self.settings.reply_timeout_s)
+            except asyncio.TimeoutError:
+                return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, SLOW, msg.message_id, "notice")
+        finally:
+            self._waiting.pop(request, None)
+
+    async def _retrying(self, call, *args, **kwargs):
+        """``call`` retried while Redis is unreachable, up to ``reply_timeout_s``."""
+        return await retry_while_down(call, *args, give_up_after_s=self.settings.reply_timeout_s, **kwargs)
+
+    async def _read_replies(self) -> None:
+        start, delay = "0", 0.1  # "0": first what this gateway had not acknowledged before a restart
+        while not self._closing:
+            try:
+                batches = await self.r.xreadgroup(GATEWAYS_GROUP, self.id, {self.out_stream: start},
+                                                  count=100, block=1000)
+                delay = 0.1
+                entries = batches[0][1] if batches else []
+                if start == "0" and not entries:
+                    start = ">"
+                for entry_id, fields in entries:
+                    await self._resolve(fields)
+                    await self.r.xack(self.out_stream, GATEWAYS_GROUP, entry_id)
+                    await self.r.xdel(self.out_stream, entry_id)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await ensure_group(self.r, self.out_stream, GATEWAYS_GROUP)  # Redis came back empty
+            except REDIS_DOWN:
+                log.warning("Redis unreachable while reading replies; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _resolve(self, fields: dict) -> None:
+        out = OutgoingMessage(**json.loads(fields[b"reply"]))
+        future = self._waiting.pop(fields[b"req"].decode(), None)
+        if future is not None and not future.done():
+            future.set_result(out)
+        elif out.kind != DUPLICATE and self.late_reply is not None:
+            try:
+                await self.late_reply(out)
+            except Exception:
+                log.exception("sending a late reply to %s:%s failed", out.platform, out.chat_id)
+        elif out.kind != DUPLICATE:
+            log.warning("a late reply for %s:%s has no sender; dropped", out.platform, out.chat_id)

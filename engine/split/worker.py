@@ -1,0 +1,150 @@
+"""The engine side of split mode: answer the messages of the stream, each once, in each user's order."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from ..engine import Engine
+from ..messages import IncomingMessage
+from .common import DAY_S, REDIS_DOWN, WEEK_S, WORKERS_GROUP, default_id, ensure_group, log, retry_while_down
+
+OUT_MAXLEN = 10_000
+
+_DELIVER = """
+if ARGV[3] ~= '' and redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[6]) then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'req', ARGV[1], 'reply', ARGV[3])
+  local done = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tonumber(ARGV[2]) > done then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[7]) end
+end
+redis.call('XACK', KEYS[4], ARGV[5], ARGV[4])
+redis.call('XDEL', KEYS[4], ARGV[4])
+return 1
+"""
+
+
+
+class StreamWorker:
+    """Consumes ``P:in`` in the ``workers`` group, answers with an :class:`Engine` (whose batcher decodes
+    concurrent messages together) and publishes each reply once."""
+
+    def __init__(self, engine: Engine, name: str | None = None) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.r: aioredis.Redis = engine.store.r
+        self.name = name or self.settings.worker_name or default_id()
+        self._k = engine.store.key
+        self.in_stream = self._k("in")
+        self._deliver = self.r.register_script(_DELIVER)
+        self._inflight: dict[bytes, asyncio.Task] = {}
+        self.answered = 0  # entries this worker acknowledged
+        self.reclaimed = 0  # entries it took over from other workers
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then finish the messages in hand."""
+        await ensure_group(self.r, self.in_stream, WORKERS_GROUP)
+        helpers = [asyncio.create_task(self._reclaim(stop)), asyncio.create_task(self._heartbeat(stop))]
+        start, delay = "0", 0.1  # "0": entries this worker name held before a restart
+        try:
+            while not stop.is_set():
+                free = self.settings.worker_concurrency - len(self._inflight)
+                if free <= 0:
+                    await asyncio.wait(list(self._inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    batches = await self.r.xreadgroup(WORKERS_GROUP, self.name, {self.in_stream: start},
+                                                      count=free, block=500)
+                    delay = 0.1
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    await ensure_group(self.r, self.in_stream, WORKERS_GROUP)
+                    continue
+                except REDIS_DOWN:
+                    log.warning("Redis unreachable; worker %s retries in %.1f s", self.name, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                start = ">"  # what this name held before is in hand now (any rest is reclaimed later)
+                for entry_id, fields in (batches[0][1] if batches else []):
+                    self._spawn(entry_id, fields)
+        finally:
+            for task in helpers:
+                task.cancel()
+            if self._inflight:
+                await asyncio.wait(list(self._inflight.values()), timeout=self.settings.lock_timeout_s)
+
+    def _spawn(self, entry_id: bytes, fields: dict) -> None:
+        if entry_id in self._inflight or not fields:
+            return
+        task = asyncio.create_task(self._process(entry_id, fields))
+        self._inflight[entry_id] = task
+        task.add_done_callback(lambda _: self._inflight.pop(entry_id, None))
+
+    async def _process(self, entry_id: bytes, fields: dict) -> None:
+        try:
+            msg = IncomingMessage(**json.loads(fields[b"msg"]))
+            request, seq = fields[b"req"].decode(), int(fields[b"seq"])
+            reply_to = fields[b"reply_to"].decode()
+        except (KeyError, ValueError, TypeError):
+            log.error("dropping malformed stream entry %r", entry_id)
+            await retry_while_down(self.r.xack, self.in_stream, WORKERS_GROUP, entry_id)
+            return
+        user = f"{msg.platform}:{msg.user_id}"
+        await self._wait_turn(user, seq)
+        reply = ""  # answered already (its worker died before acknowledging): only acknowledge
+        if not await retry_while_down(self.r.exists, self._k("answered", request)):
+            reply = json.dumps(asdict(await retry_while_down(self.engine.answer, msg)))
+        await retry_while_down(self._deliver, keys=[self._k("answered", request), self._k("done", user),
+                                                    reply_to, self.in_stream],
+                               args=[request, seq, reply, entry_id, WORKERS_GROUP, DAY_S, WEEK_S, OUT_MAXLEN])
+        self.answered += 1
+
+    async def _wait_turn(self, user: str, seq: int) -> None:
+        """Wait until the user's previous message is answered. If the user's answered count stops moving
+        for ``order_timeout_s`` (a predecessor lost for good), go on, so one lost message cannot block a
+        user; a long queue that keeps moving waits as long as it needs."""
+        last, since, delay = -1, time.monotonic(), 0.01
+        while (done := int(await retry_while_down(self.r.get, self._k("done", user)) or 0)) < seq - 1:
+            if done != last:
+                last, since = done, time.monotonic()
+            elif time.monotonic() - since > self.settings.order_timeout_s:
+                log.warning("message %d of %s: message %d has not been answered for %.0f s; answering anyway",
+                            seq, user, done + 1, self.settings.order_timeout_s)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def _reclaim(self, stop: asyncio.Event) -> None:
+        """Take over entries other workers left pending for ``claim_idle_s`` (they died mid-reply)."""
+        idle_ms = int(self.settings.claim_idle_s * 1000)
+        while not stop.is_set():
+            await asyncio.sleep(self.settings.claim_idle_s / 2)
+            try:
+                cursor = "0-0"
+                while True:
+                    cursor, claimed, _ = await self.r.xautoclaim(self.in_stream, WORKERS_GROUP, self.name,
+                                                                 idle_ms, cursor, count=100)
+                    for entry_id, fields in claimed:
+                        log.info("worker %s took over entry %s", self.name, entry_id)
+                        self.reclaimed += 1
+                        self._spawn(entry_id, fields)
+                    if cursor in (b"0-0", "0-0"):
+                        break
+            except (ResponseError, *REDIS_DOWN) as exc:
+                log.warning("reclaiming pending entries failed (%s); will retry", exc)
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Keep this worker's entries in hand from looking idle (so nobody reclaims a slow reply)."""
+        while not stop.is_set():
+            await asyncio.sleep(self.settings.claim_idle_s / 3)
+            ids = list(self._inflight)
+            if ids:
+                try:
+                    await self.r.xclaim(self.in_stream, WORKERS_GROUP, self.name, 0, ids, justid=True)
+                except (ResponseError, *REDIS_DOWN) as exc:
+                    log.warning("refreshing entries in hand failed (%s)", exc)

@@ -1,0 +1,1 @@
+"""State: the Redis store, the embedded Redis-compatible server and per-key locks."""
