@@ -22,6 +22,7 @@ from engine.split.gateway import LateReply, StreamGateway
 from engine.split.worker import StreamWorker
 
 from .fake import stdin_is_tty, terminal_chat
+from .settings import DiscordSettings, TelegramSettings
 
 
 def _chat(args: argparse.Namespace, settings: Settings) -> int:
@@ -66,8 +67,9 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _run_platforms(settings: Settings, platforms: list[str]) -> None:
-    """Run the adapters of ``platforms`` on one engine (or stream gateway) until SIGINT or SIGTERM."""
+async def _run_platforms(settings: Settings, platforms: dict[str, TelegramSettings | DiscordSettings]) -> None:
+    """Run the adapters of ``platforms`` (name -> its settings) on one engine (or stream gateway) until
+    SIGINT or SIGTERM."""
     stop = _stop_on_signals()
     adapters: dict = {}
 
@@ -77,14 +79,14 @@ async def _run_platforms(settings: Settings, platforms: list[str]) -> None:
     engine: Responder
     async with responder(settings, late_reply) as engine:
         runners = []
-        for name in platforms:
+        for name, platform_settings in platforms.items():
             if name == "telegram":
                 from .telegram import TelegramAdapter, run_telegram
-                adapters[name] = TelegramAdapter(engine, settings)
+                adapters[name] = TelegramAdapter(engine, platform_settings)
                 runners.append(run_telegram(adapters[name], stop))
             else:
                 from .discord_bot import RapportDiscordClient, run_discord
-                adapters[name] = RapportDiscordClient(engine, settings)
+                adapters[name] = RapportDiscordClient(engine, platform_settings)
                 runners.append(run_discord(adapters[name], stop))
         tasks = [asyncio.create_task(r) for r in runners]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -96,8 +98,15 @@ async def _run_platforms(settings: Settings, platforms: list[str]) -> None:
 
 
 def _bots(args: argparse.Namespace, settings: Settings) -> int:
-    platforms = [args.command] if args.command in PLATFORMS else \
-        [p for p in PLATFORMS if getattr(settings, f"{p}_token")]
+    try:
+        found = {"telegram": TelegramSettings.from_env(dotenv=args.env_file),
+                 "discord": DiscordSettings.from_env(dotenv=args.env_file)}
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    protect_logs(*(secret for s in found.values() for secret in (s.token, getattr(s, "webhook_secret", None))))
+    platforms = {args.command: found[args.command]} if args.command in PLATFORMS else \
+        {name: s for name, s in found.items() if s.token}
     if not platforms:
         print("error: set TELEGRAM_BOT_TOKEN and/or DISCORD_BOT_TOKEN (environment or .env)", file=sys.stderr)
         return 2
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    protect_logs(settings.telegram_token, settings.discord_token, settings.telegram_webhook_secret)
+    protect_logs()  # token-shaped strings out of every log record, from the start
     return args.run(args, settings)
 
 

@@ -18,10 +18,11 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
-from engine.config import ConfigError, Settings
+from engine.config import ConfigError
 from engine.log_privacy import protect_logs
 from engine.messages import IncomingMessage, NOT_TEXT, OutgoingMessage, Responder
 
+from .settings import DiscordSettings
 from .split import split_message
 
 PLATFORM = "discord"
@@ -39,15 +40,15 @@ def point_at(api_url: str, gateway_url: str) -> None:
 class RapportDiscordClient(discord.Client):
     """Discord events -> ``IncomingMessage`` -> engine -> replies that cannot ping anyone."""
 
-    def __init__(self, engine: Responder, settings: Settings) -> None:
-        if not settings.discord_token:
+    def __init__(self, engine: Responder, settings: DiscordSettings) -> None:
+        if not settings.token:
             raise ConfigError("DISCORD_BOT_TOKEN is not set: create an application in the Discord Developer "
                               "Portal, add a bot, and put its token in the environment or in .env")
-        protect_logs(settings.discord_token)
+        protect_logs(settings.token)
         intents = discord.Intents.default()
         intents.message_content = True
         super().__init__(intents=intents, allowed_mentions=NO_PINGS)
-        point_at(settings.discord_api_url, settings.discord_gateway_url)
+        point_at(settings.api_url, settings.gateway_url)
         self.engine = engine
         self.settings = settings
         self.tree = app_commands.CommandTree(self)
@@ -140,7 +141,7 @@ async def send_pieces(send, text: str, reference: discord.Message | None = None,
 async def run_discord(client: RapportDiscordClient, stop: asyncio.Event) -> None:
     """Run the bot until ``stop`` is set; a rejected token is a clear error."""
     try:
-        await client.login(client.settings.discord_token)
+        await client.login(client.settings.token)
     except discord.LoginFailure as exc:
         await client.close()
         raise ConfigError(f"Discord rejected DISCORD_BOT_TOKEN ({exc}); copy the bot token from the "

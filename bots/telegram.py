@@ -19,10 +19,11 @@ from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
 
 from engine.commands import public_commands
-from engine.config import ConfigError, Settings
+from engine.config import ConfigError
 from engine.log_privacy import protect_logs
 from engine.messages import IncomingMessage, NOT_TEXT, OutgoingMessage, Responder
 
+from .settings import TelegramSettings
 from .split import split_message
 
 PLATFORM = "telegram"
@@ -36,19 +37,19 @@ log = logging.getLogger(__name__)
 class TelegramAdapter:
     """Telegram updates -> ``IncomingMessage`` -> engine -> plain-text replies."""
 
-    def __init__(self, engine: Responder, settings: Settings) -> None:
-        if not settings.telegram_token:
+    def __init__(self, engine: Responder, settings: TelegramSettings) -> None:
+        if not settings.token:
             raise ConfigError("TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and put its token "
                               "in the environment or in .env")
-        if settings.telegram_mode == "webhook" and not settings.telegram_webhook_secret:
+        if settings.mode == "webhook" and not settings.webhook_secret:
             raise ConfigError("RAPPORT_TELEGRAM_MODE=webhook needs RAPPORT_TELEGRAM_WEBHOOK_SECRET (1-256 characters "
                               "A-Z a-z 0-9 _ -): without it anyone who learns the URL can post forged updates")
-        protect_logs(settings.telegram_token, settings.telegram_webhook_secret)
+        protect_logs(settings.token, settings.webhook_secret)
         self.engine = engine
         self.settings = settings
-        api = settings.telegram_api_url.rstrip("/")
+        api = settings.api_url.rstrip("/")
         self.app: Application = (
-            ApplicationBuilder().token(settings.telegram_token)
+            ApplicationBuilder().token(settings.token)
             .base_url(f"{api}/bot").base_file_url(f"{api}/file/bot")
             .rate_limiter(AIORateLimiter(max_retries=3))
             .concurrent_updates(True)
@@ -66,16 +67,16 @@ class TelegramAdapter:
         await self.app.bot.set_my_commands([BotCommand(c.name, c.help[:256]) for c in public_commands()])
         await self.app.start()
         s = self.settings
-        if s.telegram_mode == "webhook":
-            if not s.telegram_webhook_url:
+        if s.mode == "webhook":
+            if not s.webhook_url:
                 raise ConfigError("RAPPORT_TELEGRAM_MODE=webhook needs RAPPORT_TELEGRAM_WEBHOOK_URL (the public https URL)")
-            path = s.telegram_webhook_url.split("://", 1)[-1].partition("/")[2]
-            await self.app.updater.start_webhook(listen=s.telegram_webhook_listen, port=s.telegram_webhook_port,
-                                                 url_path=path, webhook_url=s.telegram_webhook_url,
-                                                 secret_token=s.telegram_webhook_secret)
+            path = s.webhook_url.split("://", 1)[-1].partition("/")[2]
+            await self.app.updater.start_webhook(listen=s.webhook_listen, port=s.webhook_port,
+                                                 url_path=path, webhook_url=s.webhook_url,
+                                                 secret_token=s.webhook_secret)
         else:
-            await self.app.updater.start_polling(poll_interval=0.0, timeout=s.telegram_poll_timeout_s)
-        log.info("telegram bot @%s is running (%s)", self.app.bot.username, s.telegram_mode)
+            await self.app.updater.start_polling(poll_interval=0.0, timeout=s.poll_timeout_s)
+        log.info("telegram bot @%s is running (%s)", self.app.bot.username, s.mode)
 
     async def stop(self) -> None:
         """Stop fetching updates, finish the running handlers, close the HTTP session."""

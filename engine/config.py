@@ -1,13 +1,20 @@
 """All configuration in one place: environment variables, optionally from a ``.env`` file.
 
-Every setting is documented in the README ("Configuration"). Names are RAPPORT_* except the
-platform tokens and REDIS_URL, which use their conventional names.
+Each setting is a dataclass field that names its variable (:func:`env`); :func:`from_env` reads any such
+dataclass: the engine's :class:`Settings` here, each platform's next to its adapter (``bots/``). Every
+setting is documented in the README ("Configuration"). Names are RAPPORT_* except the platform tokens
+and REDIS_URL, which use their conventional names. ``.env`` files are read by python-dotenv.
 """
 from __future__ import annotations
 
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from dotenv import dotenv_values
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "exported_models" / "rapport-chat-small"
@@ -17,20 +24,6 @@ DEFAULT_INDEX = REPO_ROOT / "exported_models" / "ccc-reply-index"
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message says what to set."""
-
-
-def load_dotenv(path: Path) -> dict[str, str]:
-    """Parse ``KEY=value`` lines of a ``.env`` file (``#`` comments, optional quotes)."""
-    values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
-    return values
 
 
 def platform_ids(var: str, raw: str) -> tuple[str, ...]:
@@ -43,122 +36,102 @@ def platform_ids(var: str, raw: str) -> tuple[str, ...]:
     return ids
 
 
+def env(var: str, default: Any, parse: Callable[[str, str], Any] | None = None, secret: bool = False) -> Any:
+    """A settings field read from the variable ``var``; ``parse(var, raw)`` replaces the conversion by type."""
+    return field(default=default, repr=not secret, metadata={"env": var, "parse": parse})
+
+
+def env_values(dotenv: Path | None = Path(".env"), environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables: ``environ`` (default ``os.environ``) over the ``dotenv`` file's."""
+    merged = {k: v for k, v in dotenv_values(dotenv).items() if v is not None} if dotenv and dotenv.is_file() else {}
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def _convert(kind: Any, var: str, raw: str) -> Any:
+    """``raw`` as ``kind`` (str, int, float, Path, or an optional one of them)."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    try:
+        return kind(raw) if kind in (str, int, float) else Path(raw).expanduser() if kind is Path else raw
+    except ValueError as exc:
+        raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from exc
+
+
+T = TypeVar("T")
+
+
+def from_env(cls: type[T], values: dict[str, str]) -> T:
+    """An instance of the settings dataclass ``cls`` from ``values`` (unset or empty: the default)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        var = f.metadata.get("env")
+        raw = values.get(var) if var else None
+        if raw:
+            parse = f.metadata.get("parse")
+            kwargs[f.name] = parse(var, raw) if parse else _convert(hints[f.name], var, raw)
+    return cls(**kwargs)
+
+
+def one_of(var: str, value: Any, choices: tuple) -> None:
+    """Raise a :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        named = [str(c) for c in choices if c is not None]
+        raise ConfigError(f"{var} must be {', '.join(named[:-1])} or {named[-1]}, got {value!r}")
+
+
+def persona_lines(var: str, raw: str) -> tuple[str, ...]:
+    """``|``-separated persona lines."""
+    return tuple(p.strip() for p in raw.split("|") if p.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Runtime settings; see :meth:`from_env` for the variable of each field."""
+    """The engine's settings, each read from the variable it names."""
 
-    redis_url: str | None = None
-    data_dir: Path = Path.home() / ".local/share/rapport"
-    model_dir: Path = DEFAULT_MODEL
-    encoder_dir: Path = DEFAULT_ENCODER
-    index_dir: Path = DEFAULT_INDEX
-    key_prefix: str = "rapport"
-    bot_name: str = "Rapport"
-    persona: tuple[str, ...] = ("i am a chatbot who likes to talk about anything",
-                                "i like music and movies", "i live on a server")
-    history_turns: int = 20
-    history_tokens: int = 1000
-    history_ttl_s: int = 7 * 24 * 3600
-    profile_ttl_s: int = 365 * 24 * 3600
-    rate_limit_per_minute: int = 20
-    lock_timeout_s: float = 30.0
-    reply_time_budget_s: float = 5.0
-    inference_threads: int = 2
-    batch_max: int = 64
-    batch_wait_ms: float = 5.0
-    max_decode_rows: int = 32
-    mode: str = "single"
-    gateway_id: str | None = None
-    worker_name: str | None = None
-    worker_concurrency: int = 64
-    claim_idle_s: float = 30.0
-    order_timeout_s: float = 120.0
-    reply_timeout_s: float = 120.0
-    max_message_chars: int = 4000
-    profile_weight: float | None = None
-    reply_mode: str | None = None
-    safety: str = "standard"
-    crisis_reply: str | None = None
-    crisis_url: str | None = None
-    allowed_users: tuple[str, ...] = ()
-    allowed_chats: tuple[str, ...] = ()
-    admins: tuple[str, ...] = ()
-    telegram_token: str | None = field(default=None, repr=False)
-    telegram_api_url: str = "https://api.telegram.org"
-    telegram_mode: str = "polling"
-    telegram_poll_timeout_s: int = 30
-    telegram_webhook_url: str | None = None
-    telegram_webhook_listen: str = "0.0.0.0"
-    telegram_webhook_port: int = 8443
-    telegram_webhook_secret: str | None = field(default=None, repr=False)
-    discord_api_url: str = "https://discord.com/api/v10"
-    discord_gateway_url: str = "wss://gateway.discord.gg/"
-    discord_token: str | None = field(default=None, repr=False)
+    redis_url: str | None = env("REDIS_URL", None)
+    data_dir: Path = env("RAPPORT_DATA_DIR", Path.home() / ".local/share/rapport")
+    model_dir: Path = env("RAPPORT_MODEL_DIR", DEFAULT_MODEL)
+    encoder_dir: Path = env("RAPPORT_ENCODER_DIR", DEFAULT_ENCODER)
+    index_dir: Path = env("RAPPORT_INDEX_DIR", DEFAULT_INDEX)
+    key_prefix: str = env("RAPPORT_KEY_PREFIX", "rapport")
+    bot_name: str = env("RAPPORT_BOT_NAME", "Rapport")
+    persona: tuple[str, ...] = env("RAPPORT_PERSONA", ("i am a chatbot who likes to talk about anything",
+                                                      "i like music and movies", "i live on a server"), persona_lines)
+    history_turns: int = env("RAPPORT_HISTORY_TURNS", 20)
+    history_tokens: int = env("RAPPORT_HISTORY_TOKENS", 1000)
+    history_ttl_s: int = env("RAPPORT_HISTORY_TTL_S", 7 * 24 * 3600)
+    profile_ttl_s: int = env("RAPPORT_PROFILE_TTL_S", 365 * 24 * 3600)
+    rate_limit_per_minute: int = env("RAPPORT_RATE_LIMIT_PER_MINUTE", 20)
+    lock_timeout_s: float = env("RAPPORT_LOCK_TIMEOUT_S", 30.0)
+    reply_time_budget_s: float = env("RAPPORT_REPLY_TIME_BUDGET_S", 5.0)
+    inference_threads: int = env("RAPPORT_INFERENCE_THREADS", 2)
+    batch_max: int = env("RAPPORT_BATCH_MAX", 64)
+    batch_wait_ms: float = env("RAPPORT_BATCH_WAIT_MS", 5.0)
+    max_decode_rows: int = env("RAPPORT_MAX_DECODE_ROWS", 32)
+    mode: str = env("RAPPORT_MODE", "single")
+    gateway_id: str | None = env("RAPPORT_GATEWAY_ID", None)
+    worker_name: str | None = env("RAPPORT_WORKER_NAME", None)
+    worker_concurrency: int = env("RAPPORT_WORKER_CONCURRENCY", 64)
+    claim_idle_s: float = env("RAPPORT_CLAIM_IDLE_S", 30.0)
+    order_timeout_s: float = env("RAPPORT_ORDER_TIMEOUT_S", 120.0)
+    reply_timeout_s: float = env("RAPPORT_REPLY_TIMEOUT_S", 120.0)
+    max_message_chars: int = env("RAPPORT_MAX_MESSAGE_CHARS", 4000)
+    profile_weight: float | None = env("RAPPORT_PROFILE_WEIGHT", None)
+    reply_mode: str | None = env("RAPPORT_REPLY_MODE", None)
+    safety: str = env("RAPPORT_SAFETY", "standard")
+    crisis_reply: str | None = env("RAPPORT_CRISIS_REPLY", None)
+    crisis_url: str | None = env("RAPPORT_CRISIS_URL", None)
+    allowed_users: tuple[str, ...] = env("RAPPORT_ALLOWED_USERS", (), platform_ids)
+    allowed_chats: tuple[str, ...] = env("RAPPORT_ALLOWED_CHATS", (), platform_ids)
+    admins: tuple[str, ...] = env("RAPPORT_ADMINS", (), platform_ids)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":
-        """Read settings from ``env`` (default ``os.environ``), falling back to ``dotenv``."""
-        merged = load_dotenv(dotenv) if dotenv else {}
-        merged.update(os.environ if env is None else env)
-        names = {
-            "redis_url": "REDIS_URL", "data_dir": "RAPPORT_DATA_DIR", "model_dir": "RAPPORT_MODEL_DIR",
-            "encoder_dir": "RAPPORT_ENCODER_DIR", "index_dir": "RAPPORT_INDEX_DIR",
-            "key_prefix": "RAPPORT_KEY_PREFIX",
-            "bot_name": "RAPPORT_BOT_NAME", "persona": "RAPPORT_PERSONA",
-            "history_turns": "RAPPORT_HISTORY_TURNS", "history_tokens": "RAPPORT_HISTORY_TOKENS",
-            "history_ttl_s": "RAPPORT_HISTORY_TTL_S", "profile_ttl_s": "RAPPORT_PROFILE_TTL_S",
-            "rate_limit_per_minute": "RAPPORT_RATE_LIMIT_PER_MINUTE", "lock_timeout_s": "RAPPORT_LOCK_TIMEOUT_S",
-            "reply_time_budget_s": "RAPPORT_REPLY_TIME_BUDGET_S", "inference_threads": "RAPPORT_INFERENCE_THREADS",
-            "batch_max": "RAPPORT_BATCH_MAX", "batch_wait_ms": "RAPPORT_BATCH_WAIT_MS",
-            "max_decode_rows": "RAPPORT_MAX_DECODE_ROWS", "mode": "RAPPORT_MODE",
-            "gateway_id": "RAPPORT_GATEWAY_ID", "worker_name": "RAPPORT_WORKER_NAME",
-            "worker_concurrency": "RAPPORT_WORKER_CONCURRENCY", "claim_idle_s": "RAPPORT_CLAIM_IDLE_S",
-            "order_timeout_s": "RAPPORT_ORDER_TIMEOUT_S", "reply_timeout_s": "RAPPORT_REPLY_TIMEOUT_S",
-            "max_message_chars": "RAPPORT_MAX_MESSAGE_CHARS", "profile_weight": "RAPPORT_PROFILE_WEIGHT",
-            "reply_mode": "RAPPORT_REPLY_MODE",
-            "safety": "RAPPORT_SAFETY", "crisis_reply": "RAPPORT_CRISIS_REPLY", "crisis_url": "RAPPORT_CRISIS_URL",
-            "allowed_users": "RAPPORT_ALLOWED_USERS", "allowed_chats": "RAPPORT_ALLOWED_CHATS",
-            "admins": "RAPPORT_ADMINS",
-            "telegram_token": "TELEGRAM_BOT_TOKEN", "discord_token": "DISCORD_BOT_TOKEN",
-            "telegram_api_url": "RAPPORT_TELEGRAM_API_URL", "telegram_mode": "RAPPORT_TELEGRAM_MODE",
-            "telegram_poll_timeout_s": "RAPPORT_TELEGRAM_POLL_TIMEOUT_S",
-            "telegram_webhook_url": "RAPPORT_TELEGRAM_WEBHOOK_URL",
-            "telegram_webhook_listen": "RAPPORT_TELEGRAM_WEBHOOK_LISTEN",
-            "telegram_webhook_port": "RAPPORT_TELEGRAM_WEBHOOK_PORT",
-            "telegram_webhook_secret": "RAPPORT_TELEGRAM_WEBHOOK_SECRET",
-            "discord_api_url": "RAPPORT_DISCORD_API_URL", "discord_gateway_url": "RAPPORT_DISCORD_GATEWAY_URL",
-        }
-        kwargs = {}
-        types = {f.name: f.type for f in fields(cls)}
-        for attr, var in names.items():
-            raw = merged.get(var)
-            if raw is None or raw == "":
-                continue
-            kind = types[attr]
-            try:
-                if attr == "persona":
-                    kwargs[attr] = tuple(p.strip() for p in raw.split("|") if p.strip())
-                elif attr in ("allowed_users", "allowed_chats", "admins"):
-                    kwargs[attr] = platform_ids(var, raw)
-                elif "Path" in kind:
-                    kwargs[attr] = Path(raw).expanduser()
-                elif kind.startswith("int"):
-                    kwargs[attr] = int(raw)
-                elif kind.startswith("float"):
-                    kwargs[attr] = float(raw)
-                else:
-                    kwargs[attr] = raw
-            except ConfigError:
-                raise
-            except ValueError as exc:
-                raise ConfigError(f"{var}={raw!r} is not a valid {kind.split()[0]}") from exc
-        settings = cls(**kwargs)
-        if settings.mode not in ("single", "split"):
-            raise ConfigError(f"RAPPORT_MODE must be single or split, got {settings.mode!r}")
-        if settings.reply_mode not in (None, "hybrid", "greedy"):
-            raise ConfigError(f"RAPPORT_REPLY_MODE must be hybrid or greedy, got {settings.reply_mode!r}")
-        if settings.safety not in ("standard", "strict", "off"):
-            raise ConfigError(f"RAPPORT_SAFETY must be standard, strict or off, got {settings.safety!r}")
-        if settings.telegram_mode not in ("polling", "webhook"):
-            raise ConfigError(f"RAPPORT_TELEGRAM_MODE must be polling or webhook, got {settings.telegram_mode!r}")
+    def from_env(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":
+        """Read settings from ``environ`` (default ``os.environ``), falling back to ``dotenv``."""
+        settings = from_env(cls, env_values(dotenv, environ))
+        one_of("RAPPORT_MODE", settings.mode, ("single", "split"))
+        one_of("RAPPORT_REPLY_MODE", settings.reply_mode, (None, "hybrid", "greedy"))
+        one_of("RAPPORT_SAFETY", settings.safety, ("standard", "strict", "off"))
         return settings

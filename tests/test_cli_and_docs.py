@@ -56,6 +56,20 @@ def test_settings_from_env_and_dotenv(tmp_path):
     assert s.persona == ("i like tea", "i live in a box")
     with pytest.raises(ConfigError, match="RAPPORT_HISTORY_TURNS"):
         Settings.from_env({"RAPPORT_HISTORY_TURNS": "many"}, None)
+    assert Settings.from_env({"RAPPORT_PROFILE_WEIGHT": "0.25", "RAPPORT_DATA_DIR": "~/x"}, None).profile_weight == 0.25
+    assert Settings.from_env({"RAPPORT_DATA_DIR": "~/x"}, None).data_dir == Path("~/x").expanduser()
+
+
+def test_platform_settings_live_with_the_adapters(tmp_path):
+    from bots.settings import DiscordSettings, TelegramSettings
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("TELEGRAM_BOT_TOKEN=123456:secret-token-from-dotenv\nRAPPORT_TELEGRAM_WEBHOOK_PORT=9000\n")
+    tg = TelegramSettings.from_env({"RAPPORT_TELEGRAM_MODE": "webhook"}, dotenv)
+    assert (tg.token, tg.mode, tg.webhook_port) == ("123456:secret-token-from-dotenv", "webhook", 9000)
+    assert "secret-token" not in repr(tg)  # tokens never reach a log through a repr
+    assert DiscordSettings.from_env({}, None).token is None
+    with pytest.raises(ConfigError, match="RAPPORT_TELEGRAM_MODE must be polling or webhook"):
+        TelegramSettings.from_env({"RAPPORT_TELEGRAM_MODE": "push"}, None)
 
 
 def test_readme_commands_and_ci_agree():
@@ -63,8 +77,8 @@ def test_readme_commands_and_ci_agree():
     blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
     assert blocks[0].endswith("rapport chat") and "pip install -e ." in blocks[0]
     assert blocks[1] in (ROOT / ".ci" / "run").read_text()
-    for var in re.findall(r'"(RAPPORT_[A-Z_]+|REDIS_URL|TELEGRAM_BOT_TOKEN|DISCORD_BOT_TOKEN)"',
-                          (ROOT / "engine" / "config.py").read_text()):
+    settings_code = (ROOT / "engine" / "config.py").read_text() + (ROOT / "bots" / "settings.py").read_text()
+    for var in re.findall(r'"(RAPPORT_[A-Z_]+|REDIS_URL|TELEGRAM_BOT_TOKEN|DISCORD_BOT_TOKEN)"', settings_code):
         assert f"`{var}`" in readme, f"{var} is not documented in the README"
 
 

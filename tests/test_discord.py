@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from bots.settings import DiscordSettings
 from bots.discord_bot import MESSAGE_LIMIT, NOT_TEXT, RapportDiscordClient, run_discord
 from engine.config import ConfigError
 from engine.engine import Engine
@@ -20,16 +21,15 @@ async def fake():
 
 
 @pytest.fixture
-def dc_settings(settings, fake):
-    return replace(settings, discord_token=fake.token, discord_api_url=fake.api_url,
-                   discord_gateway_url=fake.gateway_url)
+def dc_settings(fake):
+    return DiscordSettings(token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url)
 
 
 @pytest.fixture
-async def bot(dc_settings, replier):
-    async with Engine.from_settings(dc_settings, replier=replier) as engine:
+async def bot(settings, dc_settings, replier):
+    async with Engine.from_settings(settings, replier=replier) as engine:
         client = RapportDiscordClient(engine, dc_settings)
-        task = asyncio.create_task(client.start(dc_settings.discord_token))
+        task = asyncio.create_task(client.start(dc_settings.token))
         await asyncio.wait_for(client.wait_until_ready(), 30)
         yield client
         await client.close()
@@ -120,10 +120,10 @@ async def test_platform_errors_are_retried_without_losing_the_reply(bot, fake):
     assert fake.calls.count("POST /channels/50006/messages") == 3
 
 
-async def test_missing_or_rejected_token_fails_fast(dc_settings, replier):
-    async with Engine.from_settings(dc_settings, replier=replier) as engine:
+async def test_missing_or_rejected_token_fails_fast(settings, dc_settings, replier):
+    async with Engine.from_settings(settings, replier=replier) as engine:
         with pytest.raises(ConfigError, match="DISCORD_BOT_TOKEN is not set"):
-            RapportDiscordClient(engine, replace(dc_settings, discord_token=None))
+            RapportDiscordClient(engine, replace(dc_settings, token=None))
         with pytest.raises(ConfigError, match="rejected"):
-            await run_discord(RapportDiscordClient(engine, replace(dc_settings, discord_token="wrong")),
+            await run_discord(RapportDiscordClient(engine, replace(dc_settings, token="wrong")),
                               asyncio.Event())

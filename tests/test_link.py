@@ -1,11 +1,11 @@
 """One person on Telegram and Discord: /link with a one-time code, one profile, one /forget."""
 import asyncio
 import re
-from dataclasses import replace
 
 import pytest
 
 from bots.discord_bot import RapportDiscordClient
+from bots.settings import DiscordSettings, TelegramSettings
 from bots.telegram import TelegramAdapter
 from engine.engine import Engine
 from engine.state.store import UserRef
@@ -47,13 +47,12 @@ async def test_linked_accounts_share_one_profile_and_one_forget(store):
 @pytest.fixture
 async def both(settings, replier):
     tg_api, dc_api = await FakeTelegramAPI().start(), await FakeDiscord().start()
-    s = replace(settings, telegram_token=tg_api.token, telegram_api_url=tg_api.url, telegram_poll_timeout_s=1,
-                discord_token=dc_api.token, discord_api_url=dc_api.api_url, discord_gateway_url=dc_api.gateway_url)
-    async with Engine.from_settings(s, replier=replier) as engine:
-        telegram = TelegramAdapter(engine, s)
+    discord_settings = DiscordSettings(token=dc_api.token, api_url=dc_api.api_url, gateway_url=dc_api.gateway_url)
+    async with Engine.from_settings(settings, replier=replier) as engine:
+        telegram = TelegramAdapter(engine, TelegramSettings(token=tg_api.token, api_url=tg_api.url, poll_timeout_s=1))
         await telegram.start()
-        discord_client = RapportDiscordClient(engine, s)
-        task = asyncio.create_task(discord_client.start(s.discord_token))
+        discord_client = RapportDiscordClient(engine, discord_settings)
+        task = asyncio.create_task(discord_client.start(discord_settings.token))
         await asyncio.wait_for(discord_client.wait_until_ready(), 30)
         yield tg_api, dc_api
         await discord_client.close()

@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 
 from bots.fake import FakeAdapter
+from bots.settings import TelegramSettings
 from bots.telegram import TelegramAdapter
 from engine.config import ConfigError
 from engine.engine import Engine
@@ -161,7 +162,6 @@ async def test_unreachable_redis_is_a_clear_error(split_settings, tmp_path):
 async def telegram_on_a_gateway(settings, replier):
     """The real python-telegram-bot adapter on a stream gateway, one worker, the fake Bot API."""
     api = await FakeTelegramAPI().start()
-    settings = replace(settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1)
     try:
         adapters = {}
 
@@ -169,7 +169,8 @@ async def telegram_on_a_gateway(settings, replier):
             await adapters[out.platform].deliver(out)
 
         async with workers(settings, replier, 1), StreamGateway.from_settings(settings, late_reply) as gateway:
-            adapter = adapters["telegram"] = TelegramAdapter(gateway, settings)
+            adapter = adapters["telegram"] = TelegramAdapter(
+                gateway, TelegramSettings(token=api.token, api_url=api.url, poll_timeout_s=1))
             await adapter.start()
             try:
                 yield api

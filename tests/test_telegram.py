@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from bots.split import split_message
+from bots.settings import TelegramSettings
 from bots.telegram import MESSAGE_LIMIT, NOT_TEXT, TelegramAdapter
 from engine.config import ConfigError
 from engine.engine import Engine
@@ -26,13 +27,13 @@ async def api():
 
 
 @pytest.fixture
-def tg_settings(settings, api):
-    return replace(settings, telegram_token=api.token, telegram_api_url=api.url, telegram_poll_timeout_s=1)
+def tg_settings(api):
+    return TelegramSettings(token=api.token, api_url=api.url, poll_timeout_s=1)
 
 
 @pytest.fixture
-async def bot(tg_settings, replier):
-    async with Engine.from_settings(tg_settings, replier=replier) as engine:
+async def bot(settings, tg_settings, replier):
+    async with Engine.from_settings(settings, replier=replier) as engine:
         adapter = TelegramAdapter(engine, tg_settings)
         await adapter.start()
         yield adapter
@@ -116,13 +117,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_webhook_mode(tg_settings, replier, api):
+async def test_webhook_mode(settings, tg_settings, replier, api):
     port = _free_port()
-    settings = replace(tg_settings, telegram_mode="webhook", telegram_webhook_url=f"http://127.0.0.1:{port}/tg-hook",
-                       telegram_webhook_listen="127.0.0.1", telegram_webhook_port=port,
-                       telegram_webhook_secret="s3cret")
+    webhook = replace(tg_settings, mode="webhook", webhook_url=f"http://127.0.0.1:{port}/tg-hook",
+                      webhook_listen="127.0.0.1", webhook_port=port,
+                      webhook_secret="s3cret")
     async with Engine.from_settings(settings, replier=replier) as engine:
-        adapter = TelegramAdapter(engine, settings)
+        adapter = TelegramAdapter(engine, webhook)
         await adapter.start()
         try:
             assert api.webhook["url"] == f"http://127.0.0.1:{port}/tg-hook"
@@ -149,11 +150,11 @@ async def test_webhook_mode(tg_settings, replier, api):
             await adapter.stop()
 
 
-async def test_missing_or_rejected_token_fails_fast(tg_settings, replier):
-    async with Engine.from_settings(tg_settings, replier=replier) as engine:
+async def test_missing_or_rejected_token_fails_fast(settings, tg_settings, replier):
+    async with Engine.from_settings(settings, replier=replier) as engine:
         with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN is not set"):
-            TelegramAdapter(engine, replace(tg_settings, telegram_token=None))
-        adapter = TelegramAdapter(engine, replace(tg_settings, telegram_token="1:wrong"))
+            TelegramAdapter(engine, replace(tg_settings, token=None))
+        adapter = TelegramAdapter(engine, replace(tg_settings, token="1:wrong"))
         with pytest.raises(ConfigError, match="rejected"):
             await adapter.start()
 
@@ -170,20 +171,20 @@ def test_split_message_prefers_line_and_sentence_boundaries():
     assert BOT_ID > 0
 
 
-async def test_webhook_mode_refuses_to_start_without_a_secret(tg_settings, replier):
-    settings = replace(tg_settings, telegram_mode="webhook", telegram_webhook_url="https://bot.example/hook",
-                       telegram_webhook_secret=None)
+async def test_webhook_mode_refuses_to_start_without_a_secret(settings, tg_settings, replier):
+    webhook = replace(tg_settings, mode="webhook", webhook_url="https://bot.example/hook",
+                      webhook_secret=None)
     async with Engine.from_settings(settings, replier=replier) as engine:
         with pytest.raises(ConfigError, match="RAPPORT_TELEGRAM_WEBHOOK_SECRET"):
-            TelegramAdapter(engine, settings)
+            TelegramAdapter(engine, webhook)
 
 
-async def test_forged_webhook_update_is_refused(tg_settings, replier, api):
+async def test_forged_webhook_update_is_refused(settings, tg_settings, replier, api):
     port = _free_port()
-    settings = replace(tg_settings, telegram_mode="webhook", telegram_webhook_url=f"http://127.0.0.1:{port}/hook",
-                       telegram_webhook_listen="127.0.0.1", telegram_webhook_port=port, telegram_webhook_secret="right")
+    webhook = replace(tg_settings, mode="webhook", webhook_url=f"http://127.0.0.1:{port}/hook",
+                      webhook_listen="127.0.0.1", webhook_port=port, webhook_secret="right")
     async with Engine.from_settings(settings, replier=replier) as engine:
-        adapter = TelegramAdapter(engine, settings)
+        adapter = TelegramAdapter(engine, webhook)
         await adapter.start()
         try:
             forged = api.message(5, 666, "/forget yes")  # someone posing as user 666
@@ -198,10 +199,10 @@ async def test_forged_webhook_update_is_refused(tg_settings, replier, api):
             await adapter.stop()
 
 
-async def test_logs_hold_no_token_and_no_message_text(tg_settings, replier, api, caplog):
+async def test_logs_hold_no_token_and_no_message_text(settings, tg_settings, replier, api, caplog):
     """httpx logs request URLs (which hold the token) at INFO; a failing update used to be logged whole."""
     caplog.set_level(logging.DEBUG)
-    async with Engine.from_settings(tg_settings, replier=replier) as engine:
+    async with Engine.from_settings(settings, replier=replier) as engine:
         adapter = TelegramAdapter(engine, tg_settings)
         await adapter.start()
         try:
