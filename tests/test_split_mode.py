@@ -74,7 +74,9 @@ async def converse(bot: FakeAdapter, k: int, messages: int) -> tuple[str, list[s
 
 async def test_many_users_through_two_workers_each_answered_once_in_order(split_settings, replier):
     users, messages = (50, 20) if FULL else (8, 4)
-    split_settings = replace(split_settings, reply_timeout_s=3600)  # a user's 20th message waits for 19 replies
+    # a user's 20th message waits for 19 replies; no worker dies here, so nothing should be taken over
+    # (on a loaded machine a 1 s claim_idle_s would let a stalled event loop look like a dead worker)
+    split_settings = replace(split_settings, reply_timeout_s=3600, claim_idle_s=30.0)
     async with workers(split_settings, replier, 2) as crew, StreamGateway.from_settings(split_settings) as gateway:
         bot = FakeAdapter(gateway)
         results = await asyncio.wait_for(asyncio.gather(*(converse(bot, k, messages) for k in range(users))),

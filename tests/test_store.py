@@ -60,3 +60,26 @@ async def test_lock_serialises_and_times_out(store):
         with pytest.raises(LockTimeout):
             async with store.user_lock(REF, 0.1):
                 pass
+
+
+async def test_a_slow_holder_keeps_the_lock_and_a_dead_one_loses_it(store):
+    events = []
+
+    async def slow():
+        async with store.user_lock(REF, 0.3):  # works for longer than the lock's TTL: it is renewed
+            events.append("slow in")
+            await asyncio.sleep(0.8)
+            events.append("slow out")
+
+    async def other():
+        await asyncio.sleep(0.05)
+        async with store.user_lock(REF, 1.0):
+            events.append("other in")
+
+    await asyncio.gather(slow(), other())
+    assert events == ["slow in", "slow out", "other in"]
+    await store.r.set(store.key("lock", REF.owner), "a holder that died", px=200)
+    started = asyncio.get_running_loop().time()
+    async with store.user_lock(REF, 1.0):
+        pass
+    assert asyncio.get_running_loop().time() - started < 1.0

@@ -1,18 +1,19 @@
 """What the split-mode gateway and workers share: consumer groups, TTLs, Redis retry helpers."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
-import time
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import ConfigError, Settings
+from ..state.store import connect
 
 log = logging.getLogger("rapport.streams")
 
@@ -27,20 +28,14 @@ def default_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def retry_while_down(call, *args, give_up_after_s: float | None = None, **kwargs):
-    """``await call(*args, **kwargs)``, retried with backoff while Redis is unreachable (for ever, or
-    until ``give_up_after_s`` have passed: then the error is raised)."""
-    deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
-    delay = 0.1
-    while True:
-        try:
-            return await call(*args, **kwargs)
-        except REDIS_DOWN:
-            if deadline is not None and time.monotonic() > deadline:
-                raise
-            log.warning("Redis unreachable; retrying in %.1f s", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+def split_client(settings: Settings) -> aioredis.Redis:
+    """Split mode's client: redis-py retries each command until Redis answers again (a restart or an
+    outage loses no message; callers bound the wait with a timeout where they must)."""
+    return connect(split_redis_url(settings), retries=-1)
+
+
+# the worker retries a whole answer the engine could not finish while Redis was down, for as long as it is
+WHILE_DOWN = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=-1, supported_errors=REDIS_DOWN)
 
 
 async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:

@@ -13,10 +13,10 @@ from redis.exceptions import ResponseError
 from ..config import Settings
 from ..messages import DUPLICATE, IncomingMessage, OutgoingMessage
 from ..state.keyed_lock import KeyedLocks
-from ..state.store import RedisStore, UserRef, connect
-from .common import (DAY_S, GATEWAYS_GROUP, REDIS_DOWN, WEEK_S, WORKERS_GROUP, default_id, ensure_group, log,
-                     retry_while_down, split_redis_url)
+from ..state.store import RedisStore, UserRef
+from .common import DAY_S, GATEWAYS_GROUP, WEEK_S, WORKERS_GROUP, default_id, ensure_group, log, split_client
 
+START_TIMEOUT_S = 5.0  # how long start() waits for Redis before it says it cannot reach it
 SLOW = "Sorry, I'm answering slowly right now. Your message is kept; my reply will follow."
 LateReply = Callable[[OutgoingMessage], Awaitable[None]]
 
@@ -52,16 +52,18 @@ class StreamGateway:
     @classmethod
     def from_settings(cls, settings: Settings, late_reply: LateReply | None = None) -> "StreamGateway":
         """A gateway on REDIS_URL."""
-        return cls(settings, connect(split_redis_url(settings)), late_reply)
+        return cls(settings, split_client(settings), late_reply)
 
     async def start(self) -> None:
-        """Check Redis (clear error if unreachable) and start reading replies."""
+        """Check Redis (clear error if it does not answer within START_TIMEOUT_S) and start reading replies."""
         try:
-            await self.r.ping()
-            await ensure_group(self.r, self._k("in"), WORKERS_GROUP)
-            await ensure_group(self.r, self.out_stream, GATEWAYS_GROUP)
-        except REDIS_DOWN as exc:
-            raise ConnectionError(f"cannot reach Redis at {self.settings.redis_url}: {exc}") from exc
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await self.r.ping()
+        except TimeoutError as exc:
+            raise ConnectionError(f"cannot reach Redis at {self.settings.redis_url} "
+                                  f"(no answer in {START_TIMEOUT_S:.0f} s)") from exc
+        await ensure_group(self.r, self._k("in"), WORKERS_GROUP)
+        await ensure_group(self.r, self.out_stream, GATEWAYS_GROUP)
         self._reader = asyncio.create_task(self._read_replies())
 
     async def stop(self) -> None:
@@ -81,18 +83,23 @@ class StreamGateway:
 
     async def handle(self, msg: IncomingMessage) -> OutgoingMessage:
         """Publish ``msg`` and wait for its reply (a polite notice after ``reply_timeout_s``; the late
-        reply then goes to ``late_reply``)."""
+        reply then goes to ``late_reply``). Raises ConnectionError when Redis does not take the message
+        within ``reply_timeout_s``."""
         ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
         request = uuid.uuid4().hex
         future = asyncio.get_running_loop().create_future()
         self._waiting[request] = future
         try:
-            async with self._user_locks.hold(ref.user):  # a user's messages enter the stream in arrival order
-                if msg.message_id and not await self._retrying(self.store.first_delivery, ref, msg.message_id):
-                    return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id, DUPLICATE)
-                await self._retrying(self._publish, keys=[self._k("pub", request), self._k("seq", ref.user),
-                                                          self._k("in")],
-                                     args=[json.dumps(asdict(msg)), self.out_stream, request, DAY_S, WEEK_S])
+            try:
+                async with asyncio.timeout(self.settings.reply_timeout_s), self._user_locks.hold(ref.user):
+                    # a user's messages enter the stream in arrival order
+                    if msg.message_id and not await self.store.first_delivery(ref, msg.message_id):
+                        return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id, DUPLICATE)
+                    await self._publish(keys=[self._k("pub", request), self._k("seq", ref.user), self._k("in")],
+                                        args=[json.dumps(asdict(msg)), self.out_stream, request, DAY_S, WEEK_S])
+            except TimeoutError as exc:
+                raise ConnectionError(f"Redis did not take the message within {self.settings.reply_timeout_s} s") \
+                    from exc
             try:
                 return await asyncio.wait_for(asyncio.shield(future), self.settings.reply_timeout_s)
             except asyncio.TimeoutError:
@@ -100,17 +107,12 @@ class StreamGateway:
         finally:
             self._waiting.pop(request, None)
 
-    async def _retrying(self, call, *args, **kwargs):
-        """``call`` retried while Redis is unreachable, up to ``reply_timeout_s``."""
-        return await retry_while_down(call, *args, give_up_after_s=self.settings.reply_timeout_s, **kwargs)
-
     async def _read_replies(self) -> None:
-        start, delay = "0", 0.1  # "0": first what this gateway had not acknowledged before a restart
+        start = "0"  # "0": first what this gateway had not acknowledged before a restart
         while not self._closing:
             try:
                 batches = await self.r.xreadgroup(GATEWAYS_GROUP, self.id, {self.out_stream: start},
                                                   count=100, block=1000)
-                delay = 0.1
                 entries = batches[0][1] if batches else []
                 if start == "0" and not entries:
                     start = ">"
@@ -122,10 +124,6 @@ class StreamGateway:
                 if "NOGROUP" not in str(exc):
                     raise
                 await ensure_group(self.r, self.out_stream, GATEWAYS_GROUP)  # Redis came back empty
-            except REDIS_DOWN:
-                log.warning("Redis unreachable while reading replies; retrying in %.1f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     async def _resolve(self, fields: dict) -> None:
         out = OutgoingMessage(**json.loads(fields[b"reply"]))

@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 
 from ..engine import Engine
 from ..messages import IncomingMessage
-from .common import DAY_S, REDIS_DOWN, WEEK_S, WORKERS_GROUP, default_id, ensure_group, log, retry_while_down
+from .common import DAY_S, WEEK_S, WHILE_DOWN, WORKERS_GROUP, default_id, ensure_group, log, split_client
 
 OUT_MAXLEN = 10_000
 
@@ -30,12 +30,13 @@ return 1
 
 class StreamWorker:
     """Consumes ``P:in`` in the ``workers`` group, answers with an :class:`Engine` (whose batcher decodes
-    concurrent messages together) and publishes each reply once."""
+    concurrent messages together) and publishes each reply once. Its own Redis client retries every
+    command until Redis answers (:func:`split_client`): an outage pauses the worker, it loses nothing."""
 
     def __init__(self, engine: Engine, name: str | None = None) -> None:
         self.engine = engine
         self.settings = engine.settings
-        self.r: aioredis.Redis = engine.store.r
+        self.r: aioredis.Redis = split_client(engine.settings)
         self.name = name or self.settings.worker_name or default_id()
         self._k = engine.store.key
         self.in_stream = self._k("in")
@@ -48,7 +49,7 @@ class StreamWorker:
         """Serve until ``stop`` is set, then finish the messages in hand."""
         await ensure_group(self.r, self.in_stream, WORKERS_GROUP)
         helpers = [asyncio.create_task(self._reclaim(stop)), asyncio.create_task(self._heartbeat(stop))]
-        start, delay = "0", 0.1  # "0": entries this worker name held before a restart
+        start = "0"  # "0": entries this worker name held before a restart
         try:
             while not stop.is_set():
                 free = self.settings.worker_concurrency - len(self._inflight)
@@ -58,16 +59,10 @@ class StreamWorker:
                 try:
                     batches = await self.r.xreadgroup(WORKERS_GROUP, self.name, {self.in_stream: start},
                                                       count=free, block=500)
-                    delay = 0.1
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
-                    await ensure_group(self.r, self.in_stream, WORKERS_GROUP)
-                    continue
-                except REDIS_DOWN:
-                    log.warning("Redis unreachable; worker %s retries in %.1f s", self.name, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await ensure_group(self.r, self.in_stream, WORKERS_GROUP)  # Redis came back empty
                     continue
                 start = ">"  # what this name held before is in hand now (any rest is reclaimed later)
                 for entry_id, fields in (batches[0][1] if batches else []):
@@ -77,6 +72,7 @@ class StreamWorker:
                 task.cancel()
             if self._inflight:
                 await asyncio.wait(list(self._inflight.values()), timeout=self.settings.lock_timeout_s)
+            await self.r.aclose()
 
     def _spawn(self, entry_id: bytes, fields: dict) -> None:
         if entry_id in self._inflight or not fields:
@@ -92,24 +88,27 @@ class StreamWorker:
             reply_to = fields[b"reply_to"].decode()
         except (KeyError, ValueError, TypeError):
             log.error("dropping malformed stream entry %r", entry_id)
-            await retry_while_down(self.r.xack, self.in_stream, WORKERS_GROUP, entry_id)
+            await self.r.xack(self.in_stream, WORKERS_GROUP, entry_id)
             return
         user = f"{msg.platform}:{msg.user_id}"
         await self._wait_turn(user, seq)
         reply = ""  # answered already (its worker died before acknowledging): only acknowledge
-        if not await retry_while_down(self.r.exists, self._k("answered", request)):
-            reply = json.dumps(asdict(await retry_while_down(self.engine.answer, msg)))
-        await retry_while_down(self._deliver, keys=[self._k("answered", request), self._k("done", user),
-                                                    reply_to, self.in_stream],
-                               args=[request, seq, reply, entry_id, WORKERS_GROUP, DAY_S, WEEK_S, OUT_MAXLEN])
+        if not await self.r.exists(self._k("answered", request)):
+            answer = await WHILE_DOWN.call_with_retry(lambda: self.engine.answer(msg), self._engine_failed)
+            reply = json.dumps(asdict(answer))
+        await self._deliver(keys=[self._k("answered", request), self._k("done", user), reply_to, self.in_stream],
+                            args=[request, seq, reply, entry_id, WORKERS_GROUP, DAY_S, WEEK_S, OUT_MAXLEN])
         self.answered += 1
+
+    async def _engine_failed(self, error: Exception) -> None:
+        log.warning("Redis failed while worker %s answered (%s); retrying", self.name, type(error).__name__)
 
     async def _wait_turn(self, user: str, seq: int) -> None:
         """Wait until the user's previous message is answered. If the user's answered count stops moving
         for ``order_timeout_s`` (a predecessor lost for good), go on, so one lost message cannot block a
         user; a long queue that keeps moving waits as long as it needs."""
         last, since, delay = -1, time.monotonic(), 0.01
-        while (done := int(await retry_while_down(self.r.get, self._k("done", user)) or 0)) < seq - 1:
+        while (done := int(await self.r.get(self._k("done", user)) or 0)) < seq - 1:
             if done != last:
                 last, since = done, time.monotonic()
             elif time.monotonic() - since > self.settings.order_timeout_s:
@@ -135,7 +134,7 @@ class StreamWorker:
                         self._spawn(entry_id, fields)
                     if cursor in (b"0-0", "0-0"):
                         break
-            except (ResponseError, *REDIS_DOWN) as exc:
+            except ResponseError as exc:
                 log.warning("reclaiming pending entries failed (%s); will retry", exc)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
@@ -146,5 +145,5 @@ class StreamWorker:
             if ids:
                 try:
                     await self.r.xclaim(self.in_stream, WORKERS_GROUP, self.name, 0, ids, justid=True)
-                except (ResponseError, *REDIS_DOWN) as exc:
+                except ResponseError as exc:
                     log.warning("refreshing entries in hand failed (%s)", exc)

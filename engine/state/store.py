@@ -31,7 +31,7 @@ import asyncio
 import json
 import secrets
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
@@ -40,14 +40,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 DEDUPE_TTL_S = 86400
 CONFIRM_TTL_S = 120
 LATENCIES_KEPT = 1000
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
-"""
 # Sliding-window rate limit: drop entries older than the window, admit if fewer than the limit remain.
 _RATE = """
 local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -97,12 +95,13 @@ class StoredTurn:
     mid: str = ""  # the platform's message id of a user turn (a redelivered message is answered from it)
 
 
-def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+def connect(url: str, max_connections: int = 64, retries: int = 3) -> aioredis.Redis:
     """A client for ``url`` whose pool waits for a free connection rather than opening too many, and
-    that retries a command a few times on a dropped connection (a Redis restart)."""
+    that retries a command ``retries`` times (-1: until Redis answers) on a dropped connection (a Redis
+    restart), with redis-py's exponential backoff (capped at 1 s)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=30, health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError])
     return aioredis.Redis(connection_pool=pool)
 
@@ -156,7 +155,6 @@ class RedisStore:
         self.history_tokens = history_tokens
         self.history_ttl_s = history_ttl_s
         self.profile_ttl_s = profile_ttl_s
-        self._release = self.r.register_script(_RELEASE)
         self._rate = self.r.register_script(_RATE)
 
     @classmethod
@@ -416,16 +414,24 @@ class RedisStore:
 
     @asynccontextmanager
     async def user_lock(self, ref: UserRef, timeout_s: float) -> AsyncIterator[None]:
-        """Cross-process lock on the user; expires after ``timeout_s`` if its holder dies."""
-        key, token = self.key("lock", ref.owner), secrets.token_hex(8)
-        deadline = time.monotonic() + 1.5 * timeout_s  # outlives a dead holder's lock
-        delay = 0.005
-        while not await self.r.set(key, token, nx=True, px=int(timeout_s * 1000)):
-            if time.monotonic() > deadline:
-                raise LockTimeout(f"user {ref.user} is still locked after {timeout_s} s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        """Cross-process lock on the user (redis-py's :class:`~redis.asyncio.lock.Lock`). While the block
+        runs, the lock is renewed every ``timeout_s / 3`` (a slow reply keeps it); if its holder dies, it
+        expires after ``timeout_s``. A waiter gives up after 1.5 x that (:class:`LockTimeout`)."""
+        lock = self.r.lock(self.key("lock", ref.owner), timeout=timeout_s, sleep=0.01,
+                           blocking_timeout=1.5 * timeout_s)
+        if not await lock.acquire():
+            raise LockTimeout(f"user {ref.user} is still locked after {timeout_s} s")
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(timeout_s / 3)
+                await lock.reacquire()
+
+        renewing = asyncio.create_task(renew())
         try:
             yield
         finally:
-            await self._release(keys=[key], args=[token])
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+            with suppress(LockError):  # lost while held (Redis restarted empty): someone else may own it now
+                await lock.release()
