@@ -15,7 +15,9 @@ over both corpora, among settings whose replies are less generic than greedy's (
 greedy's on both). Test: hybrid minus greedy F1 (paired, bootstrap over conversations), distinct-2, the
 share of replies taken by the 10 most frequent ones, and on the persona test half the fact use (a reply
 word from the user's facts that is not in the last two turns) and F1, true vs shuffled user facts.
-``--write`` stores the tuned weights in the model's ``rapport_config.json``.
+The reply mode is chosen on valid too: ``hybrid`` when its paired F1 gain over greedy (tuned weights)
+has an interval above 0 on both corpora, else ``greedy`` (the cheaper path). ``--write`` stores the
+weights and the mode in the model's ``rapport_config.json``.
 """
 from __future__ import annotations
 
@@ -232,13 +234,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     builder = PoolBuilder(args.model, args.encoder, args.index, args.data, args.cache / args.model.name, args.seed)
-    weights, table = builder.replier.weights, []
+    weights, table, mode, valid_gain = builder.replier.weights, [], builder.replier.mode, {}
     if not args.baseline:
-        weights, table = tune({"persona": builder.persona("valid", args.valid, "true"),
-                               "chitchat": builder.chitchat("valid", args.valid)}, builder.replier.weights)
-        print("tuned:", json.dumps(asdict(weights)), flush=True)
+        valid = {"persona": builder.persona("valid", args.valid, "true"), "chitchat": builder.chitchat("valid", args.valid)}
+        weights, table = tune(valid, builder.replier.weights)
+        for name, pools in valid.items():
+            gain = replies_f1([pick(p, weights) for p in pools], pools) - replies_f1([p.greedy for p in pools], pools)
+            valid_gain[name] = _ci(100 * gain, [p.group for p in pools])
+        mode = "hybrid" if all(g["ci95"][0] > 0 for g in valid_gain.values()) else "greedy"
+        print("tuned:", json.dumps(asdict(weights)), "mode:", mode, json.dumps(valid_gain), flush=True)
     shuffled = None if args.baseline else builder.persona("test", args.test, "shuffled")
-    result = {"model": str(args.model), "weights": asdict(weights), "tuned_on": None if args.baseline else "valid",
+    result = {"model": str(args.model), "weights": asdict(weights), "reply_mode": mode,
+              "valid_hybrid_minus_greedy_f1": valid_gain, "tuned_on": None if args.baseline else "valid",
               "command": "rapport-train reply-choice " + " ".join(sys.argv[1:] if argv is None else argv),
               "splits": {"persona_test": report(builder.persona("test", args.test, "true"), weights, shuffled)}}
     for split in ("test", "known_user"):
@@ -253,11 +260,14 @@ def main(argv: list[str] | None = None) -> None:
         path = args.model / "rapport_config.json"
         runtime = json.loads(path.read_text())
         runtime["rank_weights"] = asdict(weights)
+        runtime["reply_mode"] = mode
         runtime["rank_weights_tuning"] = {"split": "valid (persona valid half + chit-chat valid)",
                                           "examples_per_corpus": args.valid, "command": result["command"],
-                                          "objective": "max mean F1 with distinct-2 >= greedy's on both"}
+                                          "objective": "max mean F1 with distinct-2 >= greedy's on both",
+                                          "reply_mode": "hybrid if its valid F1 gain over greedy is above 0 "
+                                                        "(95% interval) on both corpora, else greedy"}
         path.write_text(json.dumps(runtime, indent=2))
-        print(f"wrote the weights to {path}")
+        print(f"wrote the weights and reply mode {mode} to {path}")
 
 
 if __name__ == "__main__":
