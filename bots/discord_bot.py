@@ -139,7 +139,7 @@ async def send_pieces(send, text: str, reference: discord.Message | None = None,
 
 
 async def run_discord(client: RapportDiscordClient, stop: asyncio.Event) -> None:
-    """Run the bot until ``stop`` is set; a rejected token is a clear error."""
+    """Run the bot until ``stop`` is set; a rejected token or a refused intent is a clear error."""
     try:
         await client.login(client.settings.token)
     except discord.LoginFailure as exc:
@@ -153,5 +153,9 @@ async def run_discord(client: RapportDiscordClient, stop: asyncio.Event) -> None
     finally:
         await client.close()
         stopped.cancel()
+        if connection.done() and isinstance(connection.exception(), discord.PrivilegedIntentsRequired):
+            raise ConfigError("Discord refused the Message Content intent (close code 4014): enable it in the "
+                              "Developer Portal, Bot > Privileged Gateway Intents > Message Content Intent, "
+                              "then start the bot again") from connection.exception()
         if connection.done() and connection.exception():
             raise connection.exception()

@@ -120,6 +120,13 @@ async def test_platform_errors_are_retried_without_losing_the_reply(bot, fake):
     assert fake.calls.count("POST /channels/50006/messages") == 3
 
 
+async def test_a_refused_message_content_intent_is_a_clear_error(settings, dc_settings, fake, replier):
+    fake.refuse_privileged_intents = True
+    async with Engine.from_settings(settings, replier=replier) as engine:
+        with pytest.raises(ConfigError, match="Message Content Intent"):
+            await asyncio.wait_for(run_discord(RapportDiscordClient(engine, dc_settings), asyncio.Event()), 60)
+
+
 async def test_missing_or_rejected_token_fails_fast(settings, dc_settings, replier):
     async with Engine.from_settings(settings, replier=replier) as engine:
         with pytest.raises(ConfigError, match="DISCORD_BOT_TOKEN is not set"):

@@ -123,3 +123,24 @@ async def test_rapport_bots_serves_both_platforms_and_stops_cleanly_on_sigterm(r
             proc.kill()
         await tg.stop()
         await dc.stop()
+
+
+async def test_rapport_discord_with_the_intent_off_ends_with_an_error_line(redis_server, tmp_path):
+    """Close code 4014 (Message Content intent not enabled): what to do, exit code 1, no traceback."""
+    import os
+    import sys
+    dc = await FakeDiscord(refuse_privileged_intents=True).start()
+    env = {**os.environ, "DISCORD_BOT_TOKEN": dc.token, "RAPPORT_DISCORD_API_URL": dc.api_url,
+           "RAPPORT_DISCORD_GATEWAY_URL": dc.gateway_url, "REDIS_URL": redis_server.url,
+           "RAPPORT_KEY_PREFIX": "intent-test"}
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bots.cli", "--env-file",
+                                                    str(tmp_path / "none"), "discord", env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        await dc.stop()
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "Traceback" not in text
+    assert text.strip().splitlines()[-1].startswith("error: Discord refused the Message Content intent"), text

@@ -29,6 +29,7 @@ def _user(uid: int, name: str, bot: bool = False) -> dict:
 
 
 BOT_USER = _user(BOT_ID, "rapport", bot=True)
+MESSAGE_CONTENT_INTENT = 1 << 15
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -52,6 +53,7 @@ class FakeDiscord:
     commands: list[dict] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     fail_next: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    refuse_privileged_intents: bool = False  # the Message Content intent is off in the Developer Portal
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(100_000)
@@ -152,6 +154,9 @@ class FakeDiscord:
             elif payload["op"] == 2:
                 if payload["d"]["token"] != self.token:
                     await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                if self.refuse_privileged_intents and payload["d"]["intents"] & MESSAGE_CONTENT_INTENT:
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")  # not enabled in the portal
                     break
                 self._ws = ws
                 ready = {"v": 10, "user": BOT_USER, "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
