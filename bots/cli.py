@@ -11,12 +11,15 @@ import logging
 import signal
 import sys
 from dataclasses import replace
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator
 
 from engine.config import ConfigError, Settings
 from engine.engine import Engine
 from engine.log_privacy import protect_logs
 from engine.messages import OutgoingMessage, Responder
+from engine.monitoring import MonitoringServer
 from engine.split.common import split_redis_url
 from engine.split.gateway import LateReply, StreamGateway
 from engine.split.worker import StreamWorker
@@ -42,7 +45,7 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
-    except (ConfigError, ConnectionError) as exc:
+    except (ConfigError, OSError) as exc:  # OSError: Redis unreachable, a port taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -57,6 +60,16 @@ def responder(settings: Settings, late_reply: LateReply | None = None) -> Engine
     if settings.mode == "split":
         return StreamGateway.from_settings(settings, late_reply)
     return Engine.from_settings(settings)
+
+
+@asynccontextmanager
+async def monitoring(settings: Settings, checks: dict) -> AsyncIterator[None]:
+    """/metrics, /healthz and /readyz (``checks``) on RAPPORT_METRICS_PORT while the block runs (unset: off)."""
+    if settings.metrics_port is None:
+        yield
+        return
+    async with MonitoringServer(settings.metrics_port, checks, settings.metrics_host):
+        yield
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -88,10 +101,12 @@ async def _run_platforms(settings: Settings, platforms: dict[str, TelegramSettin
                 from .discord_bot import RapportDiscordClient, run_discord
                 adapters[name] = RapportDiscordClient(engine, platform_settings)
                 runners.append(run_discord(adapters[name], stop))
-        tasks = [asyncio.create_task(r) for r in runners]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        stop.set()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        checks = {"engine": engine.ready, **{name: adapter.connected for name, adapter in adapters.items()}}
+        async with monitoring(settings, checks):
+            tasks = [asyncio.create_task(r) for r in runners]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            stop.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -113,7 +128,7 @@ def _bots(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         asyncio.run(_run_platforms(settings, platforms))
-    except (ConfigError, ConnectionError) as exc:
+    except (ConfigError, OSError) as exc:  # OSError: Redis unreachable, a port taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -125,14 +140,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> None:
         split_redis_url(settings)
         stop = _stop_on_signals()
-        async with Engine.from_settings(settings) as engine:
+        async with Engine.from_settings(settings) as engine, monitoring(settings, {"engine": engine.ready}):
             worker = StreamWorker(engine)
             logging.getLogger("rapport.worker").info("worker %s serving %s", worker.name, settings.redis_url)
             await worker.run(stop)
 
     try:
         asyncio.run(run())
-    except (ConfigError, ConnectionError) as exc:
+    except (ConfigError, OSError) as exc:  # OSError: Redis unreachable, a port taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

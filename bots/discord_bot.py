@@ -81,6 +81,10 @@ class RapportDiscordClient(discord.Client):
         await self.tree.sync()
 
     # --- events --------------------------------------------------------------------------------------
+    async def connected(self) -> bool:
+        """Readiness: logged in and the gateway session is ready."""
+        return self.is_ready() and not self.is_closed()
+
     def addressed_text(self, message: discord.Message) -> str | None:
         """The text meant for the bot, or None when it should stay silent (pure, no I/O)."""
         if message.author.bot or self.user is None:

@@ -78,6 +78,10 @@ class TelegramAdapter:
             await self.app.updater.start_polling(poll_interval=0.0, timeout=s.poll_timeout_s)
         log.info("telegram bot @%s is running (%s)", self.app.bot.username, s.mode)
 
+    async def connected(self) -> bool:
+        """Readiness: the application runs and receives updates (polling or webhook)."""
+        return self.app.running and self.app.updater is not None and self.app.updater.running
+
     async def stop(self) -> None:
         """Stop fetching updates, finish the running handlers, close the HTTP session."""
         if self.app.updater and self.app.updater.running:

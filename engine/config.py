@@ -126,6 +126,8 @@ class Settings:
     allowed_users: tuple[str, ...] = env("RAPPORT_ALLOWED_USERS", (), platform_ids)
     allowed_chats: tuple[str, ...] = env("RAPPORT_ALLOWED_CHATS", (), platform_ids)
     admins: tuple[str, ...] = env("RAPPORT_ADMINS", (), platform_ids)
+    metrics_port: int | None = env("RAPPORT_METRICS_PORT", None)
+    metrics_host: str = env("RAPPORT_METRICS_HOST", "0.0.0.0")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":

@@ -19,6 +19,7 @@ from .config import Settings
 from .facts import extract_facts
 from .state.keyed_lock import KeyedLocks
 from .memory import answer_from_memory
+from .metrics import ERRORS, MESSAGES_ANSWERED, MESSAGES_RECEIVED, REPLY_LATENCY
 from .persona_guard import answer_about_self, claims_user_facts
 from .messages import DUPLICATE, IGNORED, IncomingMessage, OutgoingMessage
 from .model.profile import update_profile
@@ -113,16 +114,27 @@ class Engine:
         return await self._in_order(msg, dedupe=False)
 
     async def _in_order(self, msg: IncomingMessage, dedupe: bool) -> OutgoingMessage:
-        ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
+        MESSAGES_RECEIVED.labels(msg.platform).inc()
         started = time.perf_counter()
+        out, kind = await self._answer_in_order(msg, dedupe, started)
+        MESSAGES_ANSWERED.labels(msg.platform, kind).inc()
+        if kind in ("reply", "memory"):
+            REPLY_LATENCY.labels("end_to_end").observe(time.perf_counter() - started)
+        return out
+
+    async def _answer_in_order(self, msg: IncomingMessage, dedupe: bool, started: float) -> tuple[OutgoingMessage, str]:
+        """The answer, and its kind for the metrics (as the message's kind, but "memory" for a reply from
+        stored facts or the persona)."""
+        ref = UserRef(msg.platform, msg.user_id, msg.chat_id)
         async with self._user_locks.hold(ref.user):
             try:
                 refusal = await self._refusal(ref, msg)
                 if refusal is not None:
-                    return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, refusal,
-                                           msg.message_id, "notice" if refusal else IGNORED)
+                    kind = "notice" if refusal else IGNORED
+                    return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, refusal, msg.message_id, kind), kind
                 if dedupe and msg.message_id and not await self.store.first_delivery(ref, msg.message_id):
-                    return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id, DUPLICATE)
+                    return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, "", msg.message_id,
+                                           DUPLICATE), DUPLICATE
                 linked = await self.store.resolve(ref)
                 async with self.store.user_lock(linked, self.settings.lock_timeout_s):
                     text, kind = await self._answer(linked, msg)
@@ -130,16 +142,24 @@ class Engine:
                                        latency_ms=1000 * (time.perf_counter() - started) if kind == "reply" else None,
                                        user=ref.user)
             except LockTimeout:
+                ERRORS.labels("LockTimeout").inc()
                 text, kind = BUSY, "notice"
-            except (RedisConnectionError, RedisTimeoutError):
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                ERRORS.labels(type(exc).__name__).inc()
                 if not dedupe:
                     raise
                 log.exception("Redis failed while answering %s", ref.user)
                 text, kind = FAILED, "notice"
-            except Exception:
+            except Exception as exc:
+                ERRORS.labels(type(exc).__name__).inc()
                 log.exception("failed to answer %s", ref.user)
                 text, kind = FAILED, "notice"
-        return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, text, msg.message_id, kind)
+        out_kind = "reply" if kind == "memory" else kind
+        return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, text, msg.message_id, out_kind), kind
+
+    async def ready(self) -> bool:
+        """Readiness: the model is loaded and Redis answers a PING (its round trip goes to the metrics)."""
+        return self.replier is not None and await self.store.ping()
 
     async def _refusal(self, ref: UserRef, msg: IncomingMessage) -> str | None:
         """None when ``msg`` may be handled; else the notice for a blocked or not-allowed account ("" once it
@@ -170,17 +190,18 @@ class Engine:
         if not await self.store.allow(ref, self.settings.rate_limit_per_minute):
             await self.store.append_turns(ref, [StoredTurn("user", text, msg.timestamp)], self._tokens)
             return RATE_LIMITED, "rate_limited"
-        reply = await self._converse(ref, text, msg.message_id)
+        reply, kind = await self._converse(ref, text, msg.message_id)
         if cut:
             reply += TOO_LONG.format(n=self.settings.max_message_chars)
-        return reply, "reply"
+        return reply, kind
 
-    async def _converse(self, ref: UserRef, text: str, message_id: str = "") -> str:
+    async def _converse(self, ref: UserRef, text: str, message_id: str = "") -> tuple[str, str]:
+        """The reply and its source: "reply" (generated) or "memory" (from the user's facts or the persona)."""
         history = await self.store.history(ref)
         if message_id:  # answered already (a worker died before delivering): the same reply again
             for turn, after in zip(history, history[1:]):
                 if turn.role == "user" and turn.mid == message_id and after.role == "bot":
-                    return after.text
+                    return after.text, "reply"
         facts = await self.store.facts(ref)
         new_facts = [f for f in extract_facts(text) if f not in facts and self.safety.fact_ok(f)]
         if new_facts:
@@ -194,6 +215,7 @@ class Engine:
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
             needs_reply=reply is None, keep=self.safety.candidates_ok,
             claims=lambda texts: claims_user_facts(texts, facts, self.settings.persona)))
+        kind = "memory" if reply is not None else "reply"
         if reply is None:
             reply = scored.text
         if message_vec is not None:
@@ -202,7 +224,7 @@ class Engine:
         now = time.time()
         await self.store.append_turns(ref, [StoredTurn("user", text, now, message_id), StoredTurn("bot", reply, now)],
                                       self._tokens)
-        return reply
+        return reply, kind
 
     # --- deleted data leaves the disk ------------------------------------------------------------------
     def purge_disk_soon(self) -> None:

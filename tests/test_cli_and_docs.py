@@ -95,6 +95,8 @@ def test_deployment_files_agree_with_the_cli_and_the_docs():
         if service.get("build"):
             program, sub = service["command"][:2]
             assert program == "rapport" and sub in commands, name
+            port = service["environment"]["RAPPORT_METRICS_PORT"]  # the health check asks the bot itself
+            assert f"127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"]), name
     assert "redis-data" in compose["volumes"]
     used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text()))
     used |= set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..metrics import BATCH_SIZE, REPLY_LATENCY
 from .replier import Replier, ReplyRequest, ScoredReply
 
 log = logging.getLogger("rapport.batcher")
@@ -59,8 +60,10 @@ class InferenceBatcher:
 
     def _run(self, requests: list[ReplyRequest]) -> list[Result | BaseException]:
         """One batch; if it fails, each request alone, so one bad request cannot fail the others."""
+        BATCH_SIZE.observe(len(requests))
         try:
-            return list(self.replier.reply_batch(requests))
+            with REPLY_LATENCY.labels("model").time():
+                return list(self.replier.reply_batch(requests))
         except Exception:
             if len(requests) == 1:
                 log.exception("reply failed")

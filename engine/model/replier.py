@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import CANDIDATES, DECODE_ROWS
 from .encoder import SentenceEncoder
 from .generation import GenerationConfig
 from .profile import recommender_score
@@ -185,6 +186,8 @@ class Replier:
             members = [i for i, s in enumerate(styles) if s == style]
             for config in _DECODING.get(style, STYLES["balanced"]):
                 config = self.shrink(config, len(members)).with_(time_budget_s=self.time_budget_s / 2)
+                DECODE_ROWS.observe(len(members) * (config.num_beams if config.strategy == "beam"
+                                                    else config.num_candidates))
                 for i, cands in zip(members, self.model.generate_batch([sources[i] for i in members], config)):
                     for cand in cands:
                         text = self.codec.decode(list(cand.ids))
@@ -348,6 +351,7 @@ class Replier:
             if not pools[n]:
                 out.append(ScoredReply(SAFE_FALLBACK if had_candidates[n] else LOST_FOR_WORDS, 0.0, 0.0, 0.0, 0.0))
                 continue
+            CANDIDATES.observe(len(pools[n]))
             claims = req.claims(list(pools[n])) if req.claims is not None else None
             out.append(self.rank(context_vecs[n], list(pools[n].items()), profiles[n], recents[n],
                                  req.style, vectors[n], claims, priors[n])[0])

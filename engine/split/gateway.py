@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from ..config import Settings
 from ..messages import DUPLICATE, IncomingMessage, OutgoingMessage
+from ..metrics import GATEWAY_WAITING
 from ..state.keyed_lock import KeyedLocks
 from ..state.store import RedisStore, UserRef
 from .common import DAY_S, GATEWAYS_GROUP, WEEK_S, WORKERS_GROUP, default_id, ensure_group, log, split_client
@@ -89,6 +90,7 @@ class StreamGateway:
         request = uuid.uuid4().hex
         future = asyncio.get_running_loop().create_future()
         self._waiting[request] = future
+        GATEWAY_WAITING.set(len(self._waiting))
         try:
             try:
                 async with asyncio.timeout(self.settings.reply_timeout_s), self._user_locks.hold(ref.user):
@@ -106,6 +108,11 @@ class StreamGateway:
                 return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, SLOW, msg.message_id, "notice")
         finally:
             self._waiting.pop(request, None)
+            GATEWAY_WAITING.set(len(self._waiting))
+
+    async def ready(self) -> bool:
+        """Readiness: Redis answers a PING and the reply reader runs."""
+        return bool(await self.r.ping()) and self._reader is not None and not self._reader.done()
 
     async def _read_replies(self) -> None:
         start = "0"  # "0": first what this gateway had not acknowledged before a restart

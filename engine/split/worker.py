@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 
 from ..engine import Engine
 from ..messages import IncomingMessage
+from ..metrics import SPLIT_PENDING, SPLIT_QUEUE
 from .common import DAY_S, WEEK_S, WHILE_DOWN, WORKERS_GROUP, default_id, ensure_group, log, split_client
 
 OUT_MAXLEN = 10_000
@@ -138,9 +139,15 @@ class StreamWorker:
                 log.warning("reclaiming pending entries failed (%s); will retry", exc)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
-        """Keep this worker's entries in hand from looking idle (so nobody reclaims a slow reply)."""
+        """Keep this worker's entries in hand from looking idle (so nobody reclaims a slow reply); update
+        the queue gauges."""
         while not stop.is_set():
             await asyncio.sleep(self.settings.claim_idle_s / 3)
+            try:
+                SPLIT_QUEUE.set(await self.r.xlen(self.in_stream))
+                SPLIT_PENDING.set((await self.r.xpending(self.in_stream, WORKERS_GROUP))["pending"])
+            except ResponseError:  # the group is being recreated (Redis came back empty)
+                pass
             ids = list(self._inflight)
             if ids:
                 try:

@@ -43,6 +43,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..metrics import REDIS_ROUNDTRIP
+
 DEDUPE_TTL_S = 86400
 CONFIRM_TTL_S = 120
 LATENCIES_KEPT = 1000
@@ -113,7 +115,7 @@ class LockTimeout(RuntimeError):
 class Store(Protocol):
     """What the engine needs from a state store (RedisStore is the implementation)."""
 
-    async def ping(self) -> None: ...
+    async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
     async def history(self, ref: UserRef) -> list[StoredTurn]: ...
@@ -163,9 +165,12 @@ class RedisStore:
         concurrent calls wait for a free connection instead of failing)."""
         return cls(connect(url, max_connections), **kwargs)
 
-    async def ping(self) -> None:
-        """Raise if the server cannot be reached."""
-        await self.r.ping()
+    async def ping(self) -> bool:
+        """True when the server answers (raises if it cannot be reached); the round trip goes to the metrics."""
+        started = time.perf_counter()
+        answered = bool(await self.r.ping())
+        REDIS_ROUNDTRIP.observe(time.perf_counter() - started)
+        return answered
 
     async def close(self) -> None:
         """Close the connection pool."""
