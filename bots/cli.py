@@ -18,6 +18,7 @@ from typing import AsyncIterator
 from engine.config import ConfigError, Settings
 from engine.engine import Engine
 from engine.log_privacy import protect_logs
+from engine.logs import setup_logging
 from engine.messages import OutgoingMessage, Responder
 from engine.monitoring import MonitoringServer
 from engine.split.common import split_redis_url
@@ -179,13 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rapport`` command."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env(dotenv=args.env_file)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    setup_logging(logging.DEBUG if args.verbose else logging.WARNING, settings.log_format)
     protect_logs()  # token-shaped strings out of every log record, from the start
     return args.run(args, settings)
 

@@ -49,9 +49,13 @@ def env_values(dotenv: Path | None = Path(".env"), environ: dict[str, str] | Non
 
 
 def _convert(kind: Any, var: str, raw: str) -> Any:
-    """``raw`` as ``kind`` (str, int, float, Path, or an optional one of them)."""
+    """``raw`` as ``kind`` (str, int, float, bool, Path, or an optional one of them)."""
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool:
+        if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigError(f"{var}={raw!r} is not a valid bool (1/0, true/false, yes/no, on/off)")
+        return raw.lower() in ("1", "true", "yes", "on")
     try:
         return kind(raw) if kind in (str, int, float) else Path(raw).expanduser() if kind is Path else raw
     except ValueError as exc:
@@ -128,6 +132,8 @@ class Settings:
     admins: tuple[str, ...] = env("RAPPORT_ADMINS", (), platform_ids)
     metrics_port: int | None = env("RAPPORT_METRICS_PORT", None)
     metrics_host: str = env("RAPPORT_METRICS_HOST", "0.0.0.0")
+    log_format: str = env("RAPPORT_LOG_FORMAT", "text")
+    log_text: bool = env("RAPPORT_LOG_TEXT", False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":
@@ -136,4 +142,5 @@ class Settings:
         one_of("RAPPORT_MODE", settings.mode, ("single", "split"))
         one_of("RAPPORT_REPLY_MODE", settings.reply_mode, (None, "hybrid", "greedy"))
         one_of("RAPPORT_SAFETY", settings.safety, ("standard", "strict", "off"))
+        one_of("RAPPORT_LOG_FORMAT", settings.log_format, ("text", "kv", "json"))
         return settings

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextvars import ContextVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -31,6 +32,7 @@ from .safety.replies import DEFAULT_CRISIS_REPLY, DEFAULT_CRISIS_URL
 from .sanitize import clean_text
 from .state.store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
 
+_batch_size: ContextVar[int | None] = ContextVar("batch_size", default=None)  # of this message's reply, for the log
 log = logging.getLogger("rapport.engine")
 
 EMPTY_REPLY = "I got an empty message. Say something and I'll answer!"
@@ -115,11 +117,17 @@ class Engine:
 
     async def _in_order(self, msg: IncomingMessage, dedupe: bool) -> OutgoingMessage:
         MESSAGES_RECEIVED.labels(msg.platform).inc()
+        if self.settings.log_text:
+            log.debug("message text", extra={"platform": msg.platform, "text": msg.text})
         started = time.perf_counter()
+        _batch_size.set(None)
         out, kind = await self._answer_in_order(msg, dedupe, started)
+        seconds = time.perf_counter() - started
         MESSAGES_ANSWERED.labels(msg.platform, kind).inc()
         if kind in ("reply", "memory"):
-            REPLY_LATENCY.labels("end_to_end").observe(time.perf_counter() - started)
+            REPLY_LATENCY.labels("end_to_end").observe(seconds)
+        log.info("message handled", extra={"platform": msg.platform, "kind": kind,
+                                           "latency_ms": round(1000 * seconds, 1), "batch": _batch_size.get()})
         return out
 
     async def _answer_in_order(self, msg: IncomingMessage, dedupe: bool, started: float) -> tuple[OutgoingMessage, str]:
@@ -211,15 +219,16 @@ class Engine:
         prefs = await self.store.prefs(ref)
         turns = [Turn(t.text, t.role == "user") for t in history] + [Turn(text, True)]
         reply = answer_from_memory(text, facts) or answer_about_self(text, list(self.settings.persona))
-        scored, message_vec = await self.batcher.submit(ReplyRequest(
+        answer = await self.batcher.submit(ReplyRequest(
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
             needs_reply=reply is None, keep=self.safety.candidates_ok,
             claims=lambda texts: claims_user_facts(texts, facts, self.settings.persona)))
+        _batch_size.set(answer.batch_size)
         kind = "memory" if reply is not None else "reply"
         if reply is None:
-            reply = scored.text
-        if message_vec is not None:
-            vector, seen = update_profile(vector, seen, message_vec)
+            reply = answer.reply.text
+        if answer.message_vec is not None:
+            vector, seen = update_profile(vector, seen, answer.message_vec)
             await self.store.set_vector(ref, vector, seen)
         now = time.time()
         await self.store.append_turns(ref, [StoredTurn("user", text, now, message_id), StoredTurn("bot", reply, now)],

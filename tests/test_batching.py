@@ -108,5 +108,6 @@ async def test_one_bad_request_does_not_fail_the_batch(replier, monkeypatch):
                                    return_exceptions=True)
     batcher.close()
     assert sizes[:4] == [3, 1, 1, 1]  # the batch, then each request alone
-    assert results[0][0].text and results[2][0].text
+    assert results[0].reply.text and results[2].reply.text
+    assert results[0].batch_size == 1  # answered alone, after the batch of 3 failed
     assert isinstance(results[1], RuntimeError)

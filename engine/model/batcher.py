@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,7 +19,16 @@ from .replier import Replier, ReplyRequest, ScoredReply
 
 log = logging.getLogger("rapport.batcher")
 
-Result = tuple[ScoredReply | None, np.ndarray | None]
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """What a request gets back: its reply (None when it needed none), the embedding of its message
+    (None without an encoder), and how many requests shared its batch."""
+
+    reply: ScoredReply | None
+    message_vec: np.ndarray | None
+    batch_size: int
 
 
 class InferenceBatcher:
@@ -32,7 +42,7 @@ class InferenceBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-infer")
         self._runner: asyncio.Task | None = None
 
-    async def submit(self, request: ReplyRequest) -> Result:
+    async def submit(self, request: ReplyRequest) -> BatchAnswer:
         """The reply (None if ``needs_reply`` is False) and the message embedding for ``request``."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
@@ -58,12 +68,12 @@ class InferenceBatcher:
                 else:
                     future.set_result(result)
 
-    def _run(self, requests: list[ReplyRequest]) -> list[Result | BaseException]:
+    def _run(self, requests: list[ReplyRequest]) -> list[BatchAnswer | BaseException]:
         """One batch; if it fails, each request alone, so one bad request cannot fail the others."""
         BATCH_SIZE.observe(len(requests))
         try:
             with REPLY_LATENCY.labels("model").time():
-                return list(self.replier.reply_batch(requests))
+                return [BatchAnswer(reply, vec, len(requests)) for reply, vec in self.replier.reply_batch(requests)]
         except Exception:
             if len(requests) == 1:
                 log.exception("reply failed")
