@@ -20,6 +20,7 @@ from engine.engine import Engine
 from engine.log_privacy import protect_logs
 from engine.logs import setup_logging
 from engine.messages import OutgoingMessage, Responder
+from engine.model.retrieval import IndexMismatch
 from engine.monitoring import MonitoringServer
 from engine.split.common import split_redis_url
 from engine.split.gateway import LateReply, StreamGateway
@@ -29,13 +30,22 @@ from .fake import stdin_is_tty, terminal_chat
 from .settings import DiscordSettings, TelegramSettings
 
 
+def check_model_dir(settings: Settings) -> None:
+    """A clear error when the model folder is missing or incomplete."""
+    if not (settings.model_dir / "tokenizer.json").exists() or not (settings.model_dir / "encoder_model.onnx").exists():
+        raise ConfigError(f"no model at {settings.model_dir}: set RAPPORT_MODEL_DIR (or --model) to an export "
+                          "folder (`rapport doctor` shows what Rapport would use)")
+
+
 def _chat(args: argparse.Namespace, settings: Settings) -> int:
     if args.model:
         settings = replace(settings, model_dir=args.model)
     if args.encoder:
         settings = replace(settings, encoder_dir=args.encoder)
-    if not (settings.model_dir / "tokenizer.json").exists():
-        print(f"error: no model at {settings.model_dir}: set RAPPORT_MODEL_DIR or pass --model", file=sys.stderr)
+    try:
+        check_model_dir(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
     async def run() -> None:
@@ -46,7 +56,7 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
-    except (ConfigError, OSError) as exc:  # OSError: Redis unreachable, a port taken
+    except (ConfigError, OSError, IndexMismatch) as exc:  # OSError: Redis unreachable, a port taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -121,6 +131,11 @@ def _bots(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     protect_logs(*(secret for s in found.values() for secret in (s.token, getattr(s, "webhook_secret", None))))
+    try:
+        check_model_dir(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     platforms = {args.command: found[args.command]} if args.command in PLATFORMS else \
         {name: s for name, s in found.items() if s.token}
     if not platforms:
@@ -129,7 +144,7 @@ def _bots(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         asyncio.run(_run_platforms(settings, platforms))
-    except (ConfigError, OSError) as exc:  # OSError: Redis unreachable, a port taken
+    except (ConfigError, OSError, IndexMismatch) as exc:  # OSError: Redis unreachable, a port taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -140,6 +155,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> None:
         split_redis_url(settings)
+        check_model_dir(settings)
         stop = _stop_on_signals()
         async with Engine.from_settings(settings) as engine, monitoring(settings, {"engine": engine.ready}):
             worker = StreamWorker(engine)
@@ -148,10 +164,15 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         asyncio.run(run())
-    except (ConfigError, OSError) as exc:  # OSError: Redis unreachable, a port taken
+    except (ConfigError, OSError, IndexMismatch) as exc:  # OSError: Redis unreachable, a port taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from .doctor import run
+    return run(settings, args.env_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,13 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Chat in the terminal. With piped stdin, prints one reply line per input line.")
     chat.add_argument("--user", default="local", help="your user id (state is kept per id; default: local)")
     chat.add_argument("--name", default="", help="your display name")
-    chat.add_argument("--model", type=Path, help="seq2seq export folder (default: RAPPORT_MODEL_DIR or the shipped one)")
+    chat.add_argument("--model", type=Path, help="seq2seq export folder (default: RAPPORT_MODEL_DIR, else the model installed with the package in exported_models/)")
     chat.add_argument("--encoder", type=Path, help="sentence encoder folder (default: RAPPORT_ENCODER_DIR)")
     chat.set_defaults(run=_chat)
     for name, text in (("telegram", "run the Telegram bot (TELEGRAM_BOT_TOKEN; polling or webhook)"),
                        ("discord", "run the Discord bot (DISCORD_BOT_TOKEN; needs the message-content intent)"),
                        ("bots", "run every platform whose token is set, in one process")):
         sub.add_parser(name, help=text, description=text + ". Stops cleanly on SIGINT/SIGTERM.").set_defaults(run=_bots)
+    text = "check this installation: versions, CPU features, the model, encoder, index and Redis it would use"
+    sub.add_parser("doctor", help=text, description=text + "; exit code 1 when a part does not work. Models are "
+                   "found at RAPPORT_MODEL_DIR / RAPPORT_ENCODER_DIR / RAPPORT_INDEX_DIR, else in the installed "
+                   "package's exported_models folder.").set_defaults(run=_doctor)
     text = "run an engine worker for split mode (REDIS_URL; adapters run with RAPPORT_MODE=split)"
     sub.add_parser("worker", help=text, description=text + ". Start as many as you like, on any machine "
                    "sharing the Redis server. Stops cleanly on SIGINT/SIGTERM.").set_defaults(run=_worker)

@@ -71,9 +71,15 @@ class TelegramAdapter:
             if not s.webhook_url:
                 raise ConfigError("RAPPORT_TELEGRAM_MODE=webhook needs RAPPORT_TELEGRAM_WEBHOOK_URL (the public https URL)")
             path = s.webhook_url.split("://", 1)[-1].partition("/")[2]
-            await self.app.updater.start_webhook(listen=s.webhook_listen, port=s.webhook_port,
-                                                 url_path=path, webhook_url=s.webhook_url,
-                                                 secret_token=s.webhook_secret)
+            try:
+                await self.app.updater.start_webhook(listen=s.webhook_listen, port=s.webhook_port,
+                                                     url_path=path, webhook_url=s.webhook_url,
+                                                     secret_token=s.webhook_secret)
+            except OSError as exc:
+                await self.app.stop()
+                raise ConfigError(f"cannot listen for the webhook on {s.webhook_listen}:{s.webhook_port} "
+                                  f"({exc.strerror or exc}): another program has the port; free it or set "
+                                  "RAPPORT_TELEGRAM_WEBHOOK_PORT") from exc
         else:
             await self.app.updater.start_polling(poll_interval=0.0, timeout=s.poll_timeout_s)
         log.info("telegram bot @%s is running (%s)", self.app.bot.username, s.mode)

@@ -16,10 +16,10 @@ from typing import Any, Callable, TypeVar
 
 from dotenv import dotenv_values
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "exported_models" / "rapport-chat-small"
-DEFAULT_ENCODER = REPO_ROOT / "exported_models" / "minilm-l6-v2-encoder"
-DEFAULT_INDEX = REPO_ROOT / "exported_models" / "ccc-reply-index"
+MODELS = Path(__file__).resolve().parent.parent / "exported_models"  # the clone's, or site-packages' (package data)
+DEFAULT_MODEL = MODELS / "rapport-chat-small"
+DEFAULT_ENCODER = MODELS / "minilm-l6-v2-encoder"
+DEFAULT_INDEX = MODELS / "ccc-reply-index"
 
 
 class ConfigError(ValueError):

@@ -219,3 +219,16 @@ async def test_logs_hold_no_token_and_no_message_text(settings, tg_settings, rep
     assert api.token not in logged and api.token.split(":")[1] not in logged
     info = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert "zebra" not in info  # (python-telegram-bot's own DEBUG lines show updates: -v is for developers)
+
+
+async def test_a_taken_webhook_port_is_a_clear_error(settings, tg_settings, replier, api):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        webhook = replace(tg_settings, mode="webhook", webhook_url=f"http://127.0.0.1:{port}/hook",
+                          webhook_listen="127.0.0.1", webhook_port=port, webhook_secret="right")
+        async with Engine.from_settings(settings, replier=replier) as engine:
+            adapter = TelegramAdapter(engine, webhook)
+            with pytest.raises(ConfigError, match=f"cannot listen for the webhook on 127.0.0.1:{port}"):
+                await adapter.start()
