@@ -14,10 +14,11 @@ import argparse
 import asyncio
 import json
 import re
-import tempfile
 from pathlib import Path
 
 from engine.config import Settings
+
+from .throwaway import throwaway_settings
 
 # (what the user says about themselves, the key word, a question to the bot on the same topic)
 JOBS = ["nurse", "teacher", "plumber", "lawyer", "chef", "firefighter", "pilot", "dentist", "farmer", "librarian",
@@ -90,12 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", type=Path, help="chat model folder (default: the shipped one)")
     p.add_argument("--out", type=Path, default=Path("bench/results/persona.json"))
     args = p.parse_args(argv)
-    from engine.state.redis_server import EmbeddedRedis
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", persist=False) as server:
-        settings = Settings(redis_url=server.url, data_dir=Path(tmp), rate_limit_per_minute=10_000)
-        if args.model:
-            from dataclasses import replace
-            settings = replace(settings, model_dir=args.model)
+    with throwaway_settings(args.model) as settings:
         result = asyncio.run(run(settings, args.limit))
     print(f"persona confusion: {100 * result['confusion_rate']:.1f}% of {result['confusion_probes']} probes; "
           f"consistent self-answers: {100 * result['self_consistency']:.1f}% of {result['self_probes']}")

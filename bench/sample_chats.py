@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from engine.config import Settings
 from engine.facts import content_words
+
+from .throwaway import throwaway_settings
 
 SCRIPTS = [
     ["hi! i work as a nurse at the children's hospital.", "i also have a dog named biscuit.",
@@ -75,11 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", type=Path, help="chat model folder (default: the shipped one)")
     p.add_argument("--out", type=Path, default=Path("bench/results/sample_chats.md"))
     args = p.parse_args(argv)
-    from engine.state.redis_server import EmbeddedRedis
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", persist=False) as server:
-        settings = Settings(redis_url=server.url, data_dir=Path(tmp), rate_limit_per_minute=10_000)
-        if args.model:
-            settings = replace(settings, model_dir=args.model)
+    with throwaway_settings(args.model) as settings:
         text, used, total = asyncio.run(run(settings))
     summary = f"{used} of {total} bot replies use a stored fact of the user (not in the last two turns)."
     args.out.parent.mkdir(parents=True, exist_ok=True)
