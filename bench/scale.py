@@ -30,7 +30,8 @@ from bots.fake import FakeAdapter
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.model.prompt import Turn
 from engine.state.redis_server import EmbeddedRedis
-from engine.model.replier import STYLES, Replier, ReplyRequest
+from engine.model.decoding import STYLES
+from engine.model.replier import Replier, ReplyRequest
 from engine.split.gateway import StreamGateway
 
 LOADS = {1: 10, 10: 3, 50: 2}  # concurrent users -> messages each

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from .model.replier import STYLES
+from .model.decoding import STYLES
 from .safety import SafetyFilter
 from .state.store import Store, UserRef
 

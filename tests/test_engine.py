@@ -223,7 +223,8 @@ def test_mmi_prior_and_hubness_mark_generic_replies(replier):
 
 def test_greedy_mode_sends_the_greedy_reply_unless_it_cannot_be_sent(replier):
     from engine.model.prompt import Turn
-    from engine.model.replier import GREEDY, LOST_FOR_WORDS, SAFE_FALLBACK, ReplyRequest, complete_sentences
+    from engine.model.decoding import GREEDY, complete_sentences
+    from engine.model.replier import LOST_FOR_WORDS, SAFE_FALLBACK, ReplyRequest
     greedy = Replier(replier.model, replier.codec, replier.encoder, replier.budget, replier.weights,
                      index=replier.index, mode="greedy")
     turns = [Turn("i just got back from a hike in the mountains", True)]

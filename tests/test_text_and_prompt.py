@@ -59,7 +59,7 @@ def test_clean_text():
 
 
 def test_a_cut_reply_is_trimmed_to_its_last_sentence():
-    from engine.model.replier import complete_sentences
+    from engine.model.decoding import complete_sentences
     assert complete_sentences("i don't know. i'm going to go to bed. i") == "i don't know. i'm going to go to bed."
     assert complete_sentences("what?! no way") == "what?!"
     assert complete_sentences("i like the 3.5 version and") == ""

@@ -37,7 +37,8 @@ from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
 from engine.facts import content_words
 from engine.model.profile import update_profile
 from engine.model.prompt import Turn
-from engine.model.replier import GREEDY, CandidateFeatures, RankWeights, Replier, complete_sentences
+from engine.model.decoding import GREEDY, complete_sentences
+from engine.model.replier import CandidateFeatures, RankWeights, Replier
 
 from .data import DEFAULT_DATA
 from .examples import turns_of

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..metrics import CANDIDATES, DECODE_ROWS
 from .encoder import SentenceEncoder
+from .decoding import DECODING, STYLES, complete_sentences
 from .generation import GenerationConfig
 from .profile import recommender_score
 from .retrieval import ReplyIndex
@@ -30,22 +31,6 @@ from .prompt import PromptBudget, Turn, build_source_ids
 from .seq2seq import Seq2SeqModel
 from .text import TextCodec
 
-STYLES: dict[str, list[GenerationConfig]] = {  # /style's choices, in the order its usage lists them
-    "short": [GenerationConfig("beam", max_new_tokens=16, num_beams=4, num_candidates=4, no_repeat_ngram_size=3,
-                               length_penalty=0.6)],
-    "long": [GenerationConfig("beam", max_new_tokens=48, min_new_tokens=12, num_beams=4, num_candidates=4,
-                              no_repeat_ngram_size=3, length_penalty=1.5),
-             GenerationConfig("sample", max_new_tokens=48, min_new_tokens=12, num_candidates=4, top_p=0.9,
-                              no_repeat_ngram_size=3, repetition_penalty=1.2)],
-    "creative": [GenerationConfig("sample", max_new_tokens=40, num_candidates=8, top_p=0.95, temperature=1.0,
-                                  no_repeat_ngram_size=3, repetition_penalty=1.2)],
-    "precise": [GenerationConfig("beam", max_new_tokens=32, num_beams=5, num_candidates=5, no_repeat_ngram_size=3)],
-    "balanced": [GenerationConfig("beam", max_new_tokens=32, num_beams=4, num_candidates=4, no_repeat_ngram_size=3),
-                 GenerationConfig("sample", max_new_tokens=32, num_candidates=4, top_p=0.9, temperature=0.8,
-                                  no_repeat_ngram_size=3, repetition_penalty=1.2)],
-}
-GREEDY = GenerationConfig("greedy", max_new_tokens=32, no_repeat_ngram_size=3)
-_DECODING = {**STYLES, "greedy": [GREEDY]}  # what candidates_batch decodes per style (greedy: not a user style)
 REPLY_MODES = ("hybrid", "greedy")
 _WORD = re.compile(r"\w+")
 LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
@@ -184,7 +169,7 @@ class Replier:
         found: list[dict[str, float]] = [{} for _ in sources]
         for style in sorted(set(styles)):
             members = [i for i, s in enumerate(styles) if s == style]
-            for config in _DECODING.get(style, STYLES["balanced"]):
+            for config in DECODING.get(style, STYLES["balanced"]):
                 config = self.shrink(config, len(members)).with_(time_budget_s=self.time_budget_s / 2)
                 DECODE_ROWS.observe(len(members) * (config.num_beams if config.strategy == "beam"
                                                     else config.num_candidates))
@@ -364,13 +349,6 @@ class Replier:
         flat = self.priors([t for pool in pools for t in pool])
         offsets = np.cumsum([0] + [len(pool) for pool in pools])
         return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-
-
-def complete_sentences(text: str) -> str:
-    """``text`` up to its last complete sentence ("" when it has none): a reply cut at the token limit
-    ("i don't know. i'm going to go to bed. i") must not end mid-sentence."""
-    ends = [m.end() for m in re.finditer(r"[.!?]+(?=\s|$)", text)]
-    return text[: ends[-1]].strip() if ends else ""
 
 
 def context_text(turns: Sequence[str]) -> str:
