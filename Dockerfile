@@ -8,7 +8,7 @@ COPY bots bots
 COPY training training
 COPY exported_models exported_models
 RUN pip install . && useradd --create-home --uid 10001 rapport
-ENV RAPPORT_MODEL_DIR=/app/exported_models/rapport-chat-small \
+ENV RAPPORT_MODEL_DIR=/app/exported_models/rapport-chat-persona \
     RAPPORT_ENCODER_DIR=/app/exported_models/minilm-l6-v2-encoder \
     RAPPORT_INDEX_DIR=/app/exported_models/ccc-reply-index
 USER rapport

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 from dotenv import dotenv_values
 
 MODELS = Path(__file__).resolve().parent.parent / "exported_models"  # the clone's, or site-packages' (package data)
-DEFAULT_MODEL = MODELS / "rapport-chat-small"
+DEFAULT_MODEL = MODELS / "rapport-chat-persona"
 DEFAULT_ENCODER = MODELS / "minilm-l6-v2-encoder"
 DEFAULT_INDEX = MODELS / "ccc-reply-index"
 

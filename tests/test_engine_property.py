@@ -28,4 +28,4 @@ def test_any_text_gets_a_reply(loop_and_engine, text, user):
     out = loop.run_until_complete(engine.handle(IncomingMessage("fake", user, user, text)))
     assert out.user_id == user and out.chat_id == user
     assert isinstance(out.text, str) and out.text.strip()
-    assert out.kind in ("reply", "command", "notice")
+    assert out.kind in ("reply", "command", "notice", "safety")  # e.g. "P1G" reads as an insult: a safe reply

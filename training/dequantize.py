@@ -81,8 +81,12 @@ def rebuild(export_dir: Path) -> BartForConditionalGeneration:
     model = BartForConditionalGeneration(config).eval()
     weights = {**onnx_weights(export_dir / "encoder_model.onnx"),
                **onnx_weights(export_dir / "decoder_model_merged.onnx")}
-    shared = weights.pop("model.shared.weight")
-    weights.pop("model.encoder.embed_tokens.weight", None)  # the same rows as model.shared
+    # one token table under whichever name the exporter kept (the shipped export: model.shared; an export
+    # of a model loaded with from_pretrained: model.decoder.embed_tokens); the others hold the same rows
+    names = ("model.shared.weight", "model.decoder.embed_tokens.weight", "model.encoder.embed_tokens.weight")
+    shared = next(weights[n] for n in names if n in weights)
+    for name in names:
+        weights.pop(name, None)
     weights["model.shared.weight"] = shared
     weights["model.encoder.embed_tokens.weight"] = shared
     weights["model.decoder.embed_tokens.weight"] = shared

@@ -33,6 +33,7 @@ from .text import TextCodec
 
 REPLY_MODES = ("hybrid", "greedy")
 _WORD = re.compile(r"\w+")
+_PLACEHOLDER = re.compile(r"\[[a-z ]*\]")  # a template slot of the persona data ("hi, i'm [name]."): never sent
 LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
 SAFE_FALLBACK = "Hmm, I'm not sure what to say to that. Tell me more, or let's talk about something else?"
 NEAR_COPY = 0.9  # cosine above which a candidate repeats a recent turn
@@ -160,7 +161,8 @@ class Replier:
 
     def candidates(self, source: list[int], style: str) -> list[tuple[str, float]]:
         """Distinct non-empty (text, mean log-prob) candidates of every decoding setting of ``style``; a
-        candidate cut at the token limit is trimmed to its last complete sentence or dropped."""
+        candidate cut at the token limit is trimmed to its last complete sentence or dropped, and one with
+        a template slot of the training data ("[name]") is dropped."""
         return self.candidates_batch([source], [style])[0]
 
     def candidates_batch(self, sources: list[list[int]], styles: list[str]) -> list[list[tuple[str, float]]]:
@@ -178,7 +180,7 @@ class Replier:
                         text = self.codec.decode(list(cand.ids))
                         if not cand.ids or cand.ids[-1] != self.model.eos_id:  # cut at the token limit
                             text = complete_sentences(text)
-                        if text and _WORD.search(text) and text not in found[i]:
+                        if text and _WORD.search(text) and not _PLACEHOLDER.search(text) and text not in found[i]:
                             found[i][text] = cand.mean_logprob
         return [list(f.items()) for f in found]
 
