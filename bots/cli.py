@@ -130,7 +130,6 @@ def _bots(args: argparse.Namespace, settings: Settings) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    protect_logs(*(secret for s in found.values() for secret in (s.token, getattr(s, "webhook_secret", None))))
     try:
         check_model_dir(settings)
     except ConfigError as exc:

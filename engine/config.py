@@ -16,6 +16,9 @@ from typing import Any, Callable, TypeVar
 
 from dotenv import dotenv_values
 
+from .logs import FORMATS
+from .model.decoding import REPLY_MODES
+
 MODELS = Path(__file__).resolve().parent.parent / "exported_models"  # the clone's, or site-packages' (package data)
 DEFAULT_MODEL = MODELS / "rapport-chat-persona"
 DEFAULT_ENCODER = MODELS / "minilm-l6-v2-encoder"
@@ -140,7 +143,7 @@ class Settings:
         """Read settings from ``environ`` (default ``os.environ``), falling back to ``dotenv``."""
         settings = from_env(cls, env_values(dotenv, environ))
         one_of("RAPPORT_MODE", settings.mode, ("single", "split"))
-        one_of("RAPPORT_REPLY_MODE", settings.reply_mode, (None, "hybrid", "greedy"))
+        one_of("RAPPORT_REPLY_MODE", settings.reply_mode, (None, *REPLY_MODES))
         one_of("RAPPORT_SAFETY", settings.safety, ("standard", "strict", "off"))
-        one_of("RAPPORT_LOG_FORMAT", settings.log_format, ("text", "kv", "json"))
+        one_of("RAPPORT_LOG_FORMAT", settings.log_format, FORMATS)
         return settings

@@ -166,8 +166,9 @@ class Engine:
         return OutgoingMessage(msg.platform, msg.chat_id, msg.user_id, text, msg.message_id, out_kind), kind
 
     async def ready(self) -> bool:
-        """Readiness: the model is loaded and Redis answers a PING (its round trip goes to the metrics)."""
-        return self.replier is not None and await self.store.ping()
+        """Readiness: Redis answers a PING (its round trip goes to the metrics); the model was loaded with
+        the engine."""
+        return await self.store.ping()
 
     async def _refusal(self, ref: UserRef, msg: IncomingMessage) -> str | None:
         """None when ``msg`` may be handled; else the notice for a blocked or not-allowed account ("" once it

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,7 +18,6 @@ from ..metrics import BATCH_SIZE, REPLY_LATENCY
 from .replier import Replier, ReplyRequest, ScoredReply
 
 log = logging.getLogger("rapport.batcher")
-
 
 
 @dataclass(frozen=True)

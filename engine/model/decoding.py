@@ -21,6 +21,7 @@ STYLES: dict[str, list[GenerationConfig]] = {  # /style's choices, in the order 
                                   no_repeat_ngram_size=3, repetition_penalty=1.2)],
 }
 GREEDY = GenerationConfig("greedy", max_new_tokens=32, no_repeat_ngram_size=3)
+REPLY_MODES = ("hybrid", "greedy")  # rank the whole pool, or send the greedy reply when it can be sent
 DECODING = {**STYLES, "greedy": [GREEDY]}  # what the replier decodes per style ("greedy" is not a user style)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..metrics import CANDIDATES, DECODE_ROWS
 from .encoder import SentenceEncoder
-from .decoding import DECODING, STYLES, complete_sentences
+from .decoding import DECODING, REPLY_MODES, STYLES, complete_sentences
 from .generation import GenerationConfig
 from .profile import recommender_score
 from .retrieval import ReplyIndex
@@ -31,7 +31,6 @@ from .prompt import PromptBudget, Turn, build_source_ids
 from .seq2seq import Seq2SeqModel
 from .text import TextCodec
 
-REPLY_MODES = ("hybrid", "greedy")
 _WORD = re.compile(r"\w+")
 _PLACEHOLDER = re.compile(r"\[[a-z ]*\]")  # a template slot of the persona data ("hi, i'm [name]."): never sent
 LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
@@ -202,20 +201,21 @@ class Replier:
             return [[] for _ in sources]
         k = min(self.retrieve_k, max(1, self.max_rows // len(sources)))
         texts = [[t for t, _ in self.index.search(vec, k)] for vec in context_vecs]
-        pairs = [(i, t, self.codec.encode(t)[:40] + [self.model.eos_id]) for i, ts in enumerate(texts) for t in ts]
-        logp = self.model.score([sources[i] for i, _, _ in pairs], [tg for _, _, tg in pairs])
-        out: list[list[tuple[str, float]]] = [[] for _ in sources]
-        for (i, text, target), lp in zip(pairs, logp):
-            out[i].append((text, float(lp.sum() / len(target))))
-        return out
+        flat = self._mean_logprobs([sources[i] for i, ts in enumerate(texts) for _ in ts],
+                                   [t for ts in texts for t in ts])
+        return [list(zip(ts, map(float, scores))) for ts, scores in zip(texts, _split(flat, map(len, texts)))]
 
     def priors(self, texts: list[str]) -> np.ndarray:
         """Mean token log-prob of each text as a reply to an empty prompt (the MMI term)."""
+        return self._mean_logprobs([self.source_ids([], [], [])] * len(texts), texts)
+
+    def _mean_logprobs(self, sources: list[list[int]], texts: list[str]) -> np.ndarray:
+        """Mean token log-prob of each text (its first 40 tokens and the end token) as the reply to its source,
+        in one teacher-forced decoder run."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
-        empty = self.source_ids([], [], [])
         targets = [self.codec.encode(t)[:40] + [self.model.eos_id] for t in texts]
-        logp = self.model.score([empty] * len(targets), targets)
+        logp = self.model.score(sources, targets)
         return np.array([row.sum() / len(t) for row, t in zip(logp, targets)], dtype=np.float32)
 
     def profile_with_facts(self, profile: np.ndarray | None, fact_vecs: np.ndarray | None) -> np.ndarray | None:
@@ -327,11 +327,10 @@ class Replier:
         if with_context:  # one encoder run: every pool's candidates, recent turns and user facts
             parts = [[*pool, *recent, *fs] for pool, recent, fs in zip(pools, recents, facts)]
             flat = self.encoder.embed([t for part in parts for t in part])
-            offsets = np.cumsum([0] + [len(part) for part in parts])
-            for n, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
-                cut = b - len(facts[n])
-                vectors[n] = flat[a:cut]
-                profiles[n] = self.profile_with_facts(profiles[n], flat[cut:b])
+            for n, rows in enumerate(_split(flat, map(len, parts))):
+                cut = len(rows) - len(facts[n])
+                vectors[n] = rows[:cut]
+                profiles[n] = self.profile_with_facts(profiles[n], rows[cut:])
         priors = self._pool_priors(pools) if not greedy else [None] * len(pools)
         out = []
         for n, req in enumerate(requests):
@@ -348,9 +347,13 @@ class Replier:
         """:meth:`priors` of every pool's candidates in one decoder run; None for each when MMI is off."""
         if self.weights.mmi == 0:
             return [None] * len(pools)
-        flat = self.priors([t for pool in pools for t in pool])
-        offsets = np.cumsum([0] + [len(pool) for pool in pools])
-        return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        return _split(self.priors([t for pool in pools for t in pool]), map(len, pools))
+
+
+def _split(flat: np.ndarray, sizes) -> list[np.ndarray]:
+    """``flat``'s rows cut into consecutive pieces of ``sizes`` rows (one piece per size)."""
+    sizes = list(sizes)
+    return np.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
 
 
 def context_text(turns: Sequence[str]) -> str:
