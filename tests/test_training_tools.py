@@ -33,6 +33,47 @@ def test_chat_shards_round_trip(tmp_path):
     assert torch.equal(back.model.shared.weight, model.model.shared.weight)
 
 
+@pytest.mark.slow  # packs a full-size model twice
+def test_continued_training_round_trip(tmp_path):
+    """pack-init sends a checkpoint with untied tables (int8 rows) and the rest (fp16) under 15 MiB a shard;
+    unpack-init rebuilds it without tying the tables; the trained weights come back onto that base."""
+    from transformers import BartForConditionalGeneration
+    from training.export import load_checkpoint
+    from training.modeling import bart_config, freeze_embeddings
+    from training.shards import (CHAT_FROZEN, SHARD_BYTES, pack_chat, pack_init, round_int8_rows, unpack_chat,
+                                 unpack_init)
+    config = bart_config()
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    base = BartForConditionalGeneration(config)
+    with torch.no_grad():
+        for table in (base.model.encoder.embed_tokens, base.model.decoder.embed_tokens, base.lm_head):
+            table.weight.add_(0.01 * torch.randn_like(table.weight))  # four different tables, as trained here
+    torch.save({"model": base.state_dict(), "state": {"examples": 5}, "config": base.config.to_dict()},
+               tmp_path / "base.pt")
+    paths = pack_init(tmp_path / "base.pt", tmp_path / "init")
+    assert all(p.stat().st_size <= SHARD_BYTES + 100_000 for p in paths)
+    assert sum(p.stat().st_size for p in paths) < 105e6  # 4 tables x 11.7 MB as int8 rows + 50 MB fp16
+    unpack_init(tmp_path / "init", tmp_path / "hf")
+    sent = BartForConditionalGeneration.from_pretrained(tmp_path / "hf")
+    for name, weight in base.state_dict().items():
+        want = round_int8_rows(weight) if name in CHAT_FROZEN else weight.half().float()
+        assert torch.equal(sent.state_dict()[name], want), name
+    freeze_embeddings(sent)
+    with torch.no_grad():
+        for p in sent.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    torch.save({"model": sent.state_dict(), "state": {"examples": 9}, "config": sent.config.to_dict(),
+                "frozen_embeddings": True}, tmp_path / "trained.pt")
+    shards = pack_chat(tmp_path / "trained.pt", tmp_path / "back")
+    assert sum(p.stat().st_size for p in shards) < 55e6  # the frozen tables stay behind
+    unpack_chat(tmp_path / "back", tmp_path / "out.pt", base=tmp_path / "base.pt")
+    back = load_checkpoint(tmp_path / "out.pt")
+    for name, weight in sent.state_dict().items():
+        assert torch.allclose(back.state_dict()[name], weight, rtol=1e-3, atol=1e-4), name
+
+
 def test_pack_chat_refuses_trained_embeddings(tmp_path):
     from training.shards import pack_chat
     torch.save({"model": {}, "state": {}, "config": {}}, tmp_path / "best.pt")

@@ -113,5 +113,7 @@ def cross_attention_parameters(model: BartForConditionalGeneration) -> list[torc
 
 
 def freeze_embeddings(model: BartForConditionalGeneration) -> None:
-    """Keep the shared token embeddings (tied to the output layer) fixed during training."""
-    model.model.shared.weight.requires_grad_(False)
+    """Keep the token embeddings and the output layer fixed during training (tied to each other or not)."""
+    for table in (model.model.shared, model.model.encoder.embed_tokens, model.model.decoder.embed_tokens,
+                  model.lm_head):
+        table.weight.requires_grad_(False)

@@ -4,21 +4,28 @@
     rapport-train shards unpack-chat --shards DIR --out ~/.cache/rapport/runs/gpu/best.pt
     rapport-train shards pack-ranker --model /tmp/runs/ranker/best --out $OUT
     rapport-train shards unpack-ranker --shards DIR --out ~/.cache/rapport/runs/ranker/best
+    rapport-train shards pack-init --checkpoint ~/.cache/rapport/runs/persona2/best.pt --out DIR
+    rapport-train shards unpack-init --shards DIR --out /tmp/init            # on the GPU machine
+    rapport-train shards unpack-chat --shards DIR --base ~/.cache/rapport/runs/persona2/best.pt --out OUT.pt
 
-Only the weights that training changed travel; frozen ones (the token embeddings, the lower ranker
-layers) are rebuilt from the MiniLM package. The training machine starts from an fp16 copy of
-MiniLM (``RAPPORT_MINILM_DIR``), so unpacking rounds the rebuilt base to fp16 too: the result is
-exactly the model that was trained, with the trained weights rounded to fp16 (relative error 5e-4).
+Only the weights that training changed travel back; frozen ones (the token embeddings and the output
+layer, the lower ranker layers) are rebuilt here: from the MiniLM package, or with ``--base`` from the
+checkpoint that training continued (sent over with ``pack-init``: the frozen tables as int8 rows, as the
+shipped models store them, the rest as fp16). Unpacking rounds the rebuilt base the way it travelled:
+the result is exactly the model that was trained, with the trained weights rounded to fp16 (relative
+error 5e-4).
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import BartConfig, BartForConditionalGeneration
 
 from .modeling import build_model, copy_minilm_files, minilm_dir
 
@@ -27,18 +34,48 @@ CHAT_FROZEN = ("model.shared.weight", "model.encoder.embed_tokens.weight", "mode
                "lm_head.weight")
 
 
-def pack(tensors: dict[str, torch.Tensor], out_dir: Path, prefix: str, metadata: dict) -> list[Path]:
-    """Write ``tensors`` as fp16 safetensors shards of at most 15 MiB; ``metadata`` goes in each."""
+def int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` (2-D) as int8 rows and one float32 scale per row (the shipped models' embedding format)."""
+    scale = (t.detach().float().abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-12)
+    return (t.detach().float() / scale).round().clamp(-127, 127).to(torch.int8), scale
+
+
+def round_int8_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as it arrives after travelling as int8 rows."""
+    q, scale = int8_rows(t)
+    return q.float() * scale
+
+
+def as_fp16(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A weight as it arrives after travelling as fp16."""
+    return t.half().float() if t.is_floating_point() else t
+
+
+def as_sent_by_pack_init(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A weight as ``pack-init`` sends it: the frozen tables as int8 rows, the rest as fp16."""
+    return round_int8_rows(t) if name in CHAT_FROZEN else as_fp16(name, t)
+
+
+def pack(tensors: dict[str, torch.Tensor], out_dir: Path, prefix: str, metadata: dict,
+         int8_names: tuple[str, ...] = ()) -> list[Path]:
+    """Write ``tensors`` as safetensors shards of at most 15 MiB; ``metadata`` goes in each.
+
+    Tensors named in ``int8_names`` travel as int8 rows (``NAME`` plus ``NAME.row_scale``), the rest as fp16."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu", torch.float16).contiguous()
-        if size + t.numel() * 2 > SHARD_BYTES and shards[-1]:
+        if name in int8_names:
+            q, scale = int8_rows(tensors[name].cpu())
+            parts = {name: q.contiguous(), f"{name}.row_scale": scale.contiguous()}
+        else:
+            parts = {name: tensors[name].detach().to("cpu", torch.float16).contiguous()}
+        nbytes = sum(t.numel() * t.element_size() for t in parts.values())
+        if size + nbytes > SHARD_BYTES and shards[-1]:
             shards.append({})
             size = 0
-        shards[-1][name] = t
-        size += t.numel() * 2
+        shards[-1].update(parts)
+        size += nbytes
     meta = {"rapport": json.dumps(metadata)}
     paths = []
     for i, shard in enumerate(shards):
@@ -49,25 +86,59 @@ def pack(tensors: dict[str, torch.Tensor], out_dir: Path, prefix: str, metadata:
 
 
 def unpack(shards_dir: Path, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """All tensors (as float32) and the metadata of ``prefix``'s shards."""
+    """All tensors (as float32, int8 rows multiplied out) and the metadata of ``prefix``'s shards."""
     paths = sorted(shards_dir.glob(f"{prefix}-*.safetensors"))
     if not paths:
         raise FileNotFoundError(f"no {prefix}-*.safetensors shards in {shards_dir}")
-    tensors: dict[str, torch.Tensor] = {}
+    raw: dict[str, torch.Tensor] = {}
     for path in paths:
-        tensors.update({k: v.float() for k, v in load_file(str(path)).items()})
+        raw.update(load_file(str(path)))
+    tensors = {k: v.float() * raw[f"{k}.row_scale"] if f"{k}.row_scale" in raw else v.float()
+               for k, v in raw.items() if not k.endswith(".row_scale")}
     with safe_open(str(paths[0]), "pt") as f:
         metadata = json.loads(f.metadata()["rapport"])
     return tensors, metadata
 
 
-def overlay_on_fp16_base(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``base`` rounded through fp16 (as the training machine saw it), with ``trained`` on top."""
+def overlay(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
+            as_sent: Callable[[str, torch.Tensor], torch.Tensor] = as_fp16) -> dict[str, torch.Tensor]:
+    """``base`` as the training machine saw it (``as_sent``: rounded through fp16), with ``trained`` on top."""
     unknown = set(trained) - set(base)
     if unknown:
         raise KeyError(f"shards hold weights the model does not have: {sorted(unknown)[:5]}")
-    return {k: trained[k] if k in trained else (v.half().float() if v.is_floating_point() else v)
-            for k, v in base.items()}
+    return {k: trained[k] if k in trained else as_sent(k, v) for k, v in base.items()}
+
+
+def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the entries that share storage with an earlier one (tied embeddings)."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in state.items():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            out[name] = t
+    return out
+
+
+def pack_init(checkpoint: Path, out_dir: Path) -> list[Path]:
+    """Every weight of a chat checkpoint as fp16 shards, to continue training it on another machine."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return pack(unique_tensors(ckpt["model"]), out_dir, "init", {"config": ckpt["config"], "state": ckpt["state"]},
+                int8_names=CHAT_FROZEN)
+
+
+def unpack_init(shards_dir: Path, out_dir: Path) -> None:
+    """A Hugging Face model folder (for ``train --init-from``) from ``pack-init`` shards."""
+    tensors, meta = unpack(shards_dir, "init")
+    model = BartForConditionalGeneration(BartConfig(**meta["config"]))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    state = model.state_dict()
+    tied = {n for n in missing if any(state[n].data_ptr() == state[k].data_ptr() for k in tensors)}
+    changed = [k for k in tensors if not torch.equal(state[k], tensors[k])]  # e.g. tables tied here, not there
+    if unexpected or set(missing) - tied or changed:
+        raise KeyError(f"init shards do not match the model: missing {sorted(set(missing) - tied)[:5]}, "
+                       f"unexpected {unexpected[:5]}, not kept {changed[:5]}")
+    model.save_pretrained(out_dir)
 
 
 def pack_chat(checkpoint: Path, out_dir: Path) -> list[Path]:
@@ -79,11 +150,16 @@ def pack_chat(checkpoint: Path, out_dir: Path) -> list[Path]:
     return pack(tensors, out_dir, "chat", {"config": ckpt["config"], "state": ckpt["state"]})
 
 
-def unpack_chat(shards_dir: Path, out: Path) -> None:
-    """Rebuild a full checkpoint (no optimizer state) from chat shards."""
+def unpack_chat(shards_dir: Path, out: Path, base: Path | None = None) -> None:
+    """Rebuild a full checkpoint (no optimizer state) from chat shards, on MiniLM or on ``base``."""
     trained, meta = unpack(shards_dir, "chat")
-    model = build_model(warm_start=True)
-    model.load_state_dict(overlay_on_fp16_base(model.state_dict(), trained))
+    if base:
+        from .export import load_checkpoint
+        model = load_checkpoint(base)
+        model.load_state_dict(overlay(model.state_dict(), trained, as_sent_by_pack_init))
+    else:
+        model = build_model(warm_start=True)
+        model.load_state_dict(overlay(model.state_dict(), trained))
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "state": meta["state"], "config": meta["config"],
                 "warm_start": True, "frozen_embeddings": True, "unpacked_from_fp16_shards": True}, out)
@@ -102,7 +178,7 @@ def unpack_ranker(shards_dir: Path, out_dir: Path) -> None:
     trained, info = unpack(shards_dir, "ranker")
     base = load_file(str(minilm_dir() / "model.safetensors"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(overlay_on_fp16_base(base, trained), str(out_dir / "model.safetensors"))
+    save_file(overlay(base, trained), str(out_dir / "model.safetensors"))
     copy_minilm_files(out_dir)
     (out_dir / "ranker.json").write_text(json.dumps(info, indent=2))
 
@@ -110,8 +186,10 @@ def unpack_ranker(shards_dir: Path, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="rapport-train shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["pack-chat", "unpack-chat", "pack-ranker", "unpack-ranker"])
-    p.add_argument("--checkpoint", type=Path, help="pack-chat: training checkpoint")
+    p.add_argument("action", choices=["pack-chat", "unpack-chat", "pack-ranker", "unpack-ranker", "pack-init",
+                                      "unpack-init"])
+    p.add_argument("--checkpoint", type=Path, help="pack-chat, pack-init: training checkpoint")
+    p.add_argument("--base", type=Path, help="unpack-chat: the checkpoint training continued (else MiniLM)")
     p.add_argument("--model", type=Path, help="pack-ranker: ranker model folder")
     p.add_argument("--shards", type=Path, help="unpack-*: folder of shards")
     p.add_argument("--out", type=Path, required=True)
@@ -120,8 +198,12 @@ def main(argv: list[str] | None = None) -> None:
         print(*pack_chat(args.checkpoint, args.out), sep="\n")
     elif args.action == "pack-ranker":
         print(*pack_ranker(args.model, args.out), sep="\n")
+    elif args.action == "pack-init":
+        print(*pack_init(args.checkpoint, args.out), sep="\n")
+    elif args.action == "unpack-init":
+        unpack_init(args.shards, args.out)
     elif args.action == "unpack-chat":
-        unpack_chat(args.shards, args.out)
+        unpack_chat(args.shards, args.out, args.base)
     else:
         unpack_ranker(args.shards, args.out)
 

@@ -175,11 +175,16 @@ class EpochPrefetcher:
         return self.pool.submit(_encode_epoch, self.seed, epoch, self.drop, self.persona_share, self.fact_boost,
                                 self.user_fact_boost)
 
+    def start(self, epoch: int) -> None:
+        """Begin encoding ``epoch`` now."""
+        if epoch not in self.pending:
+            self.pending[epoch] = self._submit(epoch)
+
     def get(self, epoch: int) -> list[Encoded]:
         """Examples of ``epoch``; starts encoding ``epoch + 1``."""
-        future = self.pending.pop(epoch, None) or self._submit(epoch)
-        self.pending[epoch + 1] = self._submit(epoch + 1)
-        return future.result()
+        self.start(epoch)
+        self.start(epoch + 1)
+        return self.pending.pop(epoch).result()
 
     def close(self) -> None:
         """Stop the helper process."""
@@ -230,19 +235,23 @@ def main(argv: list[str] | None = None) -> None:
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
     splits, facts = load_splits(args.data), load_facts(args.data)
     budget = PromptBudget(args.source_tokens, args.facts_tokens)
+    prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop, args.persona_data, args.persona_share, budget,
+                               args.fact_boost, args.user_fact_boost)
+    if not (args.resume or args.eval_only):  # the helper encodes epoch 0 while this process loads the model
+        prefetch.start(0)
     encoder = ExampleEncoder(codec, facts, budget)
     valid = encode_split(encoder, splits["valid"], random.Random(1), drop=0.0)
     valid = random.Random(2).sample(valid, 600)
     shuffled = [Encoded(valid[(i + 97) % len(valid)].source, e.target) for i, e in enumerate(valid)]
     persona_valid, persona_other_facts, user_dependent, user_dependent_other = [], [], [], []
     if args.persona_data:  # the valid half: true facts, and another conversation's user facts
-        exs = random.Random(3).sample([ex for c in load_persona_splits(args.persona_data)["valid"]
-                                       for ex in persona_examples(c)], 600)
+        persona_valid_examples = [ex for c in load_persona_splits(args.persona_data)["valid"]
+                                  for ex in persona_examples(c)]
+        exs = random.Random(3).sample(persona_valid_examples, 600)
         persona_valid = [encoder.encode(ex, list(ex.user_facts), list(ex.bot_facts)) for ex in exs]
         persona_other_facts = [encoder.encode(ex, list(exs[(i + 97) % len(exs)].user_facts), list(ex.bot_facts))
                                for i, ex in enumerate(exs)]
-        dependent = [ex for c in load_persona_splits(args.persona_data)["valid"] for ex in persona_examples(c)
-                     if depends_on(ex, ex.user_facts, ex.bot_facts)]
+        dependent = [ex for ex in persona_valid_examples if depends_on(ex, ex.user_facts, ex.bot_facts)]
         dependent = random.Random(4).sample(dependent, min(300, len(dependent)))
         user_dependent = [encoder.encode(ex, list(ex.user_facts), list(ex.bot_facts)) for ex in dependent]
         user_dependent_other = [encoder.encode(ex, list(dependent[(i + 97) % len(dependent)].user_facts),
@@ -305,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.eval_only:
         evaluate()
+        prefetch.close()
         return
     model.train()
     started = time.time()
@@ -313,8 +323,6 @@ def main(argv: list[str] | None = None) -> None:
     next_eval = (state["examples"] // args.eval_every + 1) * args.eval_every
     bar = tqdm(total=None if args.time_schedule else args.max_examples, initial=state["examples"], unit="ex",
                mininterval=10)
-    prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop, args.persona_data, args.persona_share, budget,
-                               args.fact_boost, args.user_fact_boost)
     device_type = torch.device(args.device).type
     done = False
     while not done:
