@@ -5,7 +5,9 @@ to read the text of server messages that mention the bot. Slash commands (/chat,
 /forget, /link) defer at once, so Discord's 3-second deadline is never missed however long the engine
 takes; all but /chat answer ephemerally (only the caller sees them). Every reply is
 split at 2,000 characters and sent with ``AllowedMentions.none()``: a reply can never ping
-@everyone, roles or users. The REST and gateway URLs are configurable (proxies, tests).
+@everyone, roles or users. The REST and gateway URLs are configurable (proxies, tests). Reactions to
+the bot's replies (in DMs and servers: the default intents carry them) reach the engine as feedback, as do
+/good and /bad.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from discord.gateway import DiscordWebSocket
 
 from engine.config import ConfigError
 from engine.log_privacy import protect_logs
-from engine.messages import IncomingMessage, NOT_TEXT, OutgoingMessage, Responder
+from engine.feedback import reaction_value
+from engine.messages import IncomingMessage, NOT_TEXT, OutgoingMessage, Reaction, Responder
 
 from .settings import DiscordSettings
 from .split import split_message
@@ -71,7 +74,8 @@ class RapportDiscordClient(discord.Client):
             await self.answer_interaction(interaction, f"/forget {confirm or ''}".strip(), ephemeral=True)
 
         for name, text in (("profile", "show what I know about you"),
-                           ("reset", "forget this conversation (your profile stays)")):
+                           ("reset", "forget this conversation (your profile stays)"),
+                           ("good", "say you liked my last reply"), ("bad", "say you didn't like my last reply")):
             async def callback(interaction: discord.Interaction, _name: str = name) -> None:
                 await self.answer_interaction(interaction, f"/{_name}", ephemeral=True)
             self.tree.command(name=name, description=text)(callback)
@@ -104,20 +108,36 @@ class RapportDiscordClient(discord.Client):
         if not text and message.attachments:
             await message.channel.send(NOT_TEXT, allowed_mentions=NO_PINGS)
             return
+        replied = message.reference.message_id if message.reference else None
         incoming = IncomingMessage(PLATFORM, str(message.channel.id), str(message.author.id), text,
                                    user_name=message.author.display_name, message_id=str(message.id),
-                                   timestamp=message.created_at.timestamp(), is_private=message.guild is None)
+                                   timestamp=message.created_at.timestamp(), is_private=message.guild is None,
+                                   replied_to=str(replied) if replied else "")
         async with message.channel.typing():
             out = await self.engine.handle(incoming)
         if out.silent:
             return
         reference = message if message.guild is not None else None  # in servers, the first piece replies to it
-        await send_pieces(message.channel.send, out.text, reference=reference, mention_author=False)
+        await self.engine.sent(out, await send_pieces(message.channel.send, out.text, reference=reference,
+                                                      mention_author=False))
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        """A reaction added to a message: feedback for the engine (the bot's own reactions are skipped)."""
+        await self._reaction(payload, reaction_value([payload.emoji.name or ""]))
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        """A reaction taken back: the reply is no longer rated."""
+        await self._reaction(payload, 0)
+
+    async def _reaction(self, payload: discord.RawReactionActionEvent, value: int) -> None:
+        if self.user is not None and payload.user_id != self.user.id:
+            await self.engine.react(Reaction(PLATFORM, str(payload.channel_id), str(payload.user_id),
+                                             str(payload.message_id), value))
 
     async def deliver(self, out: OutgoingMessage) -> None:
         """Send a reply that arrived late (split mode) to its channel, in pieces."""
         channel = self.get_channel(int(out.chat_id)) or await self.fetch_channel(int(out.chat_id))
-        await send_pieces(channel.send, out.text)
+        await self.engine.sent(out, await send_pieces(channel.send, out.text))
 
     async def answer_interaction(self, interaction: discord.Interaction, text: str, ephemeral: bool) -> None:
         """Defer at once (Discord's 3-second deadline), ask the engine, send the answer as follow-ups."""
@@ -128,18 +148,22 @@ class RapportDiscordClient(discord.Client):
         out = await self.engine.handle(incoming)
         if out.silent:
             return
-        await send_pieces(interaction.followup.send, out.text, ephemeral=ephemeral)
+        await self.engine.sent(out, await send_pieces(interaction.followup.send, out.text, ephemeral=ephemeral))
 
     async def on_error(self, event: str, *args, **kwargs) -> None:
         log.exception("discord event %s failed", event)
 
 
-async def send_pieces(send, text: str, reference: discord.Message | None = None, **kwargs) -> None:
+async def send_pieces(send, text: str, reference: discord.Message | None = None, **kwargs) -> list[str]:
     """``send`` (a channel's or an interaction's) ``text`` in pieces of at most MESSAGE_LIMIT characters,
-    pinging nobody; only the first piece carries ``reference``."""
+    pinging nobody; only the first piece carries ``reference``. Returns the ids of the messages sent."""
+    ids = []
     for i, piece in enumerate(split_message(text, MESSAGE_LIMIT)):
         extra = {"reference": reference} if i == 0 and reference is not None else {}
-        await send(piece, allowed_mentions=NO_PINGS, **extra, **kwargs)
+        sent = await send(piece, allowed_mentions=NO_PINGS, **extra, **kwargs)
+        if sent is not None:
+            ids.append(str(sent.id))
+    return ids
 
 
 async def run_discord(client: RapportDiscordClient, stop: asyncio.Event) -> None:

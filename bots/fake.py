@@ -7,7 +7,7 @@ import sys
 from collections import defaultdict
 from typing import BinaryIO, TextIO
 
-from engine.messages import IncomingMessage, OutgoingMessage, Responder
+from engine.messages import IncomingMessage, OutgoingMessage, Reaction, Responder
 
 PLATFORM = "fake"
 
@@ -18,6 +18,7 @@ class FakeAdapter:
     def __init__(self, engine: Responder) -> None:
         self.engine = engine
         self.outbox: dict[str, list[OutgoingMessage]] = defaultdict(list)
+        self.last_reply_id: dict[str, str] = {}  # chat -> id of the bot's latest message there
         self._session = secrets.token_hex(4)  # message ids stay unique across adapter restarts
         self._next_id = 0
 
@@ -32,7 +33,17 @@ class FakeAdapter:
         if out.silent:
             return out
         self.outbox[out.chat_id].append(out)
+        self._next_id += 1
+        self.last_reply_id[out.chat_id] = f"{self._session}-{self._next_id}"
+        await self.engine.sent(out, [self.last_reply_id[out.chat_id]])
         return out
+
+    async def react(self, user_id: str, value: int, chat_id: str | None = None, message_id: str | None = None) -> None:
+        """``user_id`` reacts (+1 liked, -1 disliked, 0 taken back) to the bot's message ``message_id``
+        (default: its latest in the chat)."""
+        chat = chat_id or user_id
+        await self.engine.react(Reaction(PLATFORM, chat, user_id, message_id or self.last_reply_id.get(chat, "none"),
+                                         value))
 
 
 def one_line(text: str) -> str:

@@ -4,6 +4,9 @@ Private chats get an answer to every text message; groups only when the bot is @
 to, or sent a command addressed to it. Replies are plain text (user text can never inject markup),
 split at 4,096 characters on line or sentence boundaries, with "typing…" refreshed while the engine
 works. Flood control is the library's AIORateLimiter (it also retries on 429 "retry after").
+
+Reactions (👍, 👎, ...) to the bot's replies are asked for in ``allowed_updates`` and reach the engine as
+feedback. Telegram sends them in private chats; in groups only to a bot that is an administrator there.
 """
 from __future__ import annotations
 
@@ -16,12 +19,14 @@ from typing import AsyncIterator
 from telegram import BotCommand, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.error import InvalidToken, NetworkError, TelegramError
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
+from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, ContextTypes, MessageHandler,
+                          MessageReactionHandler, filters)
 
 from engine.commands import public_commands
 from engine.config import ConfigError
 from engine.log_privacy import protect_logs
-from engine.messages import IncomingMessage, NOT_TEXT, OutgoingMessage, Responder
+from engine.feedback import reaction_value
+from engine.messages import IncomingMessage, NOT_TEXT, OutgoingMessage, Reaction, Responder
 
 from .settings import TelegramSettings
 from .split import split_message
@@ -31,6 +36,7 @@ MESSAGE_LIMIT = 4096
 TYPING_EVERY_S = 4.0
 SORRY = "Sorry, something went wrong on my side. Please try again in a moment."
 SEND_ATTEMPTS = 4
+UPDATES = [Update.MESSAGE, Update.MESSAGE_REACTION]  # message_reaction is off unless asked for
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +61,7 @@ class TelegramAdapter:
             .concurrent_updates(True)
             .build())
         self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self.on_message))
+        self.app.add_handler(MessageReactionHandler(self.on_reaction))
         self.app.add_error_handler(self.on_error)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -74,14 +81,14 @@ class TelegramAdapter:
             try:
                 await self.app.updater.start_webhook(listen=s.webhook_listen, port=s.webhook_port,
                                                      url_path=path, webhook_url=s.webhook_url,
-                                                     secret_token=s.webhook_secret)
+                                                     secret_token=s.webhook_secret, allowed_updates=UPDATES)
             except OSError as exc:
                 await self.app.stop()
                 raise ConfigError(f"cannot listen for the webhook on {s.webhook_listen}:{s.webhook_port} "
                                   f"({exc.strerror or exc}): another program has the port; free it or set "
                                   "RAPPORT_TELEGRAM_WEBHOOK_PORT") from exc
         else:
-            await self.app.updater.start_polling(poll_interval=0.0, timeout=s.poll_timeout_s)
+            await self.app.updater.start_polling(poll_interval=0.0, timeout=s.poll_timeout_s, allowed_updates=UPDATES)
         log.info("telegram bot @%s is running (%s)", self.app.bot.username, s.mode)
 
     async def connected(self) -> bool:
@@ -130,32 +137,41 @@ class TelegramAdapter:
         if not text:
             await self.send(msg.chat.id, NOT_TEXT, None)
             return
+        replied = msg.reply_to_message
         incoming = IncomingMessage(PLATFORM, str(msg.chat.id), str(user.id), text, user_name=user.first_name or "",
                                    message_id=str(msg.message_id), timestamp=msg.date.timestamp(),
-                                   is_private=msg.chat.type == ChatType.PRIVATE)
+                                   is_private=msg.chat.type == ChatType.PRIVATE,
+                                   replied_to=str(replied.message_id) if replied is not None else "")
         async with self.typing(msg.chat.id):
             out = await self.engine.handle(incoming)
         if out.silent:
             return
         reply_to = None if incoming.is_private else ReplyParameters(msg.message_id, allow_sending_without_reply=True)
-        await self.send_text(msg.chat.id, out.text, reply_to)
+        await self.engine.sent(out, await self.send_text(msg.chat.id, out.text, reply_to))
+
+    async def on_reaction(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A person's reaction to a message: feedback for the engine (anonymous reactions are skipped)."""
+        reaction = update.message_reaction
+        if reaction is None or reaction.user is None:
+            return
+        emojis = [r.emoji for r in reaction.new_reaction if getattr(r, "emoji", None)]
+        await self.engine.react(Reaction(PLATFORM, str(reaction.chat.id), str(reaction.user.id),
+                                         str(reaction.message_id), reaction_value(emojis)))
 
     async def deliver(self, out: OutgoingMessage) -> None:
         """Send a reply that arrived late (split mode)."""
-        await self.send_text(int(out.chat_id), out.text, None)
+        await self.engine.sent(out, await self.send_text(int(out.chat_id), out.text, None))
 
-    async def send_text(self, chat_id: int, text: str, reply_to: ReplyParameters | None) -> None:
-        """Send ``text`` in pieces of at most MESSAGE_LIMIT characters."""
-        for piece in split_message(text, MESSAGE_LIMIT):
-            await self.send(chat_id, piece, reply_to)
+    async def send_text(self, chat_id: int, text: str, reply_to: ReplyParameters | None) -> list[str]:
+        """Send ``text`` in pieces of at most MESSAGE_LIMIT characters; the ids of the messages sent."""
+        return [await self.send(chat_id, piece, reply_to) for piece in split_message(text, MESSAGE_LIMIT)]
 
-    async def send(self, chat_id: int, text: str, reply_to: ReplyParameters | None) -> None:
-        """Send one piece; server errors and timeouts are retried with backoff (429s are the rate
-        limiter's job), so the engine's answer is not lost to a passing Telegram hiccup."""
+    async def send(self, chat_id: int, text: str, reply_to: ReplyParameters | None) -> str:
+        """Send one piece (returns its message id); server errors and timeouts are retried with backoff (429s
+        are the rate limiter's job), so the engine's answer is not lost to a passing Telegram hiccup."""
         for attempt in range(SEND_ATTEMPTS):
             try:
-                await self.app.bot.send_message(chat_id, text, reply_parameters=reply_to)
-                return
+                return str((await self.app.bot.send_message(chat_id, text, reply_parameters=reply_to)).message_id)
             except NetworkError:
                 if attempt == SEND_ATTEMPTS - 1:
                     raise

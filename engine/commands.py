@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from .model.decoding import STYLES
+from .model.taste import describe
 from .safety import SafetyFilter
 from .state.store import Store, UserRef
 
@@ -41,6 +42,7 @@ class CommandContext:
     is_admin: bool = False
     safety: SafetyFilter | None = None
     after_forget: Callable[[], None] | None = None  # called once /forget yes has deleted the data
+    replied_to: str = ""  # the bot message the command replies to (/good, /bad)
 
 
 def parse_command(text: str) -> CommandCall | None:
@@ -140,6 +142,8 @@ async def _profile(ctx: CommandContext, args: str) -> str:
     lines += [f"{i}. {f}" for i, f in enumerate(facts, 1)] or ["(no facts yet: tell me about yourself)"]
     lines.append(f"Reply style: {prefs.get('style', 'balanced')}")
     lines.append(f"Interest profile: learned from {seen} of your messages" if seen else "Interest profile: empty")
+    reactions = (await ctx.store.reactions(ctx.ref)).values()
+    lines += describe([r["text"] for r in reactions if r["value"] > 0], [r["text"] for r in reactions if r["value"] < 0])
     return "\n".join(lines)
 
 
@@ -149,8 +153,8 @@ async def _forget(ctx: CommandContext, args: str) -> str:
     if not args:
         await ctx.store.ask_confirmation(ctx.ref)
         return ("This deletes everything I stored about you: conversations in every chat, facts, interest "
-                "profile, preferences and links to your other accounts. It cannot be undone. To confirm, send "
-                "/forget yes within 2 minutes.")
+                "profile, your reactions to my replies, preferences and links to your other accounts. It cannot "
+                "be undone. To confirm, send /forget yes within 2 minutes.")
     if not await ctx.store.confirmed(ctx.ref):
         return "Send /forget first; then confirm with /forget yes within 2 minutes."
     deleted = await ctx.store.forget_user(ctx.ref)
@@ -158,6 +162,27 @@ async def _forget(ctx: CommandContext, args: str) -> str:
         ctx.after_forget()
     return (f"Done: I deleted everything I stored about you ({deleted} records: conversations, facts, "
             "interest profile, preferences, links). It's a fresh start.")
+
+
+async def _rate(ctx: CommandContext, value: int) -> str:
+    message_id = ctx.replied_to or await ctx.store.last_sent(ctx.ref)
+    text = await ctx.store.sent_text(ctx.ref, message_id) if message_id else None
+    if text is None:
+        return ("I can't find that reply of mine any more (I keep them for a week, and only replies to you count). "
+                "Try it on a newer one.")
+    await ctx.store.set_reaction(ctx.ref, message_id, text, value)
+    return ("Thanks! I'll give you more replies like that." if value > 0
+            else "Thanks for telling me. I'll try to answer you differently.")
+
+
+@command("good", "say you liked my reply (reply to it with /good, or just /good for my last one)")
+async def _good(ctx: CommandContext, args: str) -> str:
+    return await _rate(ctx, 1)
+
+
+@command("bad", "say you didn't like my reply (reply to it with /bad, or just /bad for my last one)")
+async def _bad(ctx: CommandContext, args: str) -> str:
+    return await _rate(ctx, -1)
 
 
 @command("link", "use one profile on Telegram and Discord: /link gives a code, /link <code> uses it",

@@ -127,6 +127,7 @@ class Settings:
     max_message_chars: int = env("RAPPORT_MAX_MESSAGE_CHARS", 4000)
     profile_weight: float | None = env("RAPPORT_PROFILE_WEIGHT", None)
     reply_mode: str | None = env("RAPPORT_REPLY_MODE", None)
+    learn_from_reactions: bool = env("RAPPORT_LEARN_FROM_REACTIONS", True)
     safety: str = env("RAPPORT_SAFETY", "standard")
     crisis_reply: str | None = env("RAPPORT_CRISIS_REPLY", None)
     crisis_url: str | None = env("RAPPORT_CRISIS_URL", None)

@@ -18,11 +18,12 @@ from .model.batcher import InferenceBatcher
 from .commands import MAX_FACTS, CommandContext, parse_command, run_command
 from .config import Settings
 from .facts import extract_facts
+from .feedback import FeedbackRecorder, load_taste
 from .state.keyed_lock import KeyedLocks
 from .memory import answer_from_memory
 from .metrics import ERRORS, MESSAGES_ANSWERED, MESSAGES_RECEIVED, REPLY_LATENCY
 from .persona_guard import answer_about_self, claims_user_facts
-from .messages import DUPLICATE, IGNORED, IncomingMessage, OutgoingMessage
+from .messages import DUPLICATE, IGNORED, IncomingMessage, OutgoingMessage, Reaction
 from .model.profile import update_profile
 from .model.prompt import Turn
 from .state.redis_server import EmbeddedRedis
@@ -57,6 +58,7 @@ class Engine:
         self.safety_replies = SafetyReplies(settings.crisis_reply or DEFAULT_CRISIS_REPLY,
                                             settings.crisis_url or DEFAULT_CRISIS_URL)
         self.access = Access(settings)
+        self.feedback = FeedbackRecorder(store, self.access)
         self._user_locks = KeyedLocks()
         self._purge_task: asyncio.Task | None = None
         self._purge_again = False
@@ -114,6 +116,22 @@ class Engine:
         ``redis.ConnectionError`` while Redis is unreachable, so the caller can retry later instead of
         sending an apology for a message it still holds."""
         return await self._in_order(msg, dedupe=False)
+
+    async def sent(self, out: OutgoingMessage, message_ids: list[str]) -> None:
+        """Remember the platform messages that carried ``out``, so reactions to them can be tied to it. A
+        Redis failure here is logged and costs only that: the reply was delivered."""
+        try:
+            await self.feedback.sent(out, message_ids)
+        except (RedisConnectionError, RedisTimeoutError):
+            log.warning("could not remember the ids of a sent reply (Redis unreachable)")
+
+    async def react(self, reaction: Reaction) -> None:
+        """A reaction to one of the bot's messages: stored for the user's taste, or ignored (a message the bot
+        no longer knows, a reply to someone else, an account kept out). Never answered."""
+        try:
+            await self.feedback.react(reaction)
+        except (RedisConnectionError, RedisTimeoutError):
+            log.warning("could not store a reaction (Redis unreachable)")
 
     async def _in_order(self, msg: IncomingMessage, dedupe: bool) -> OutgoingMessage:
         MESSAGES_RECEIVED.labels(msg.platform).inc()
@@ -189,7 +207,7 @@ class Engine:
         call = parse_command(text)
         if call is not None:  # commands are never rate-limited and always run
             ctx = CommandContext(self.store, ref, self.settings.bot_name, msg.user_name, msg.is_private,
-                                 self.access.is_admin(ref.user), self.safety, self.purge_disk_soon)
+                                 self.access.is_admin(ref.user), self.safety, self.purge_disk_soon, msg.replied_to)
             return await run_command(call, ctx), "command"
         category = self.safety.check_message(text)
         if category is not None:  # never generated from, stored, or learned from
@@ -218,12 +236,15 @@ class Engine:
             await self.store.set_facts(ref, facts)
         vector, seen = await self.store.vector(ref)
         prefs = await self.store.prefs(ref)
+        encoder = self.replier.encoder
+        taste = await load_taste(self.store, ref, encoder.embed) \
+            if self.settings.learn_from_reactions and encoder is not None else None
         turns = [Turn(t.text, t.role == "user") for t in history] + [Turn(text, True)]
         reply = answer_from_memory(text, facts) or answer_about_self(text, list(self.settings.persona))
         answer = await self.batcher.submit(ReplyRequest(
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
             needs_reply=reply is None, keep=self.safety.candidates_ok,
-            claims=lambda texts: claims_user_facts(texts, facts, self.settings.persona)))
+            claims=lambda texts: claims_user_facts(texts, facts, self.settings.persona), taste=taste))
         _batch_size.set(answer.batch_size)
         kind = "memory" if reply is not None else "reply"
         if reply is None:

@@ -26,6 +26,7 @@ class IncomingMessage:
     message_id: str = ""
     timestamp: float = field(default_factory=time.time)
     is_private: bool = True
+    replied_to: str = ""  # the platform's id of the bot message this one replies to (for /good and /bad)
 
     def __post_init__(self) -> None:
         for name in ("platform", "chat_id", "user_id"):
@@ -53,6 +54,18 @@ class OutgoingMessage:
         return not self.text
 
 
+@dataclass(frozen=True)
+class Reaction:
+    """A person's reaction to one of the bot's messages: ``value`` +1 (liked), -1 (disliked), or 0 (taken
+    back, or an emoji that says neither)."""
+
+    platform: str
+    chat_id: str
+    user_id: str
+    message_id: str  # the platform's id of the bot's message
+    value: int
+
+
 class Responder(Protocol):
     """What adapters talk to: the in-process :class:`~engine.engine.Engine`, or in split mode the
     :class:`~engine.split.gateway.StreamGateway` that hands messages to workers over Redis Streams."""
@@ -60,4 +73,10 @@ class Responder(Protocol):
     settings: "Settings"
 
     async def handle(self, msg: IncomingMessage) -> OutgoingMessage: ...
+
+    async def sent(self, out: OutgoingMessage, message_ids: list[str]) -> None:
+        """Tell the engine the platform ids of the messages that carried ``out`` (reactions name them)."""
+
+    async def react(self, reaction: Reaction) -> None:
+        """A reaction to one of the bot's messages (ignored when the bot no longer knows the message)."""
 

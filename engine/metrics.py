@@ -29,3 +29,5 @@ REDIS_ROUNDTRIP = Histogram("rapport_redis_roundtrip_seconds", "PING round trip 
 SPLIT_QUEUE = Gauge("rapport_split_queue_depth", "Split mode: entries in the request stream")
 SPLIT_PENDING = Gauge("rapport_split_pending", "Split mode: entries delivered to workers and not yet answered")
 GATEWAY_WAITING = Gauge("rapport_gateway_waiting", "Split mode: messages this gateway waits a reply for")
+REACTIONS = Counter("rapport_reactions_total", "Reactions to the bot's replies: used (tied to a reply the bot "
+                    "knows) or ignored (unknown or expired message, or an account kept out)", ["platform", "outcome"])

@@ -51,7 +51,7 @@ async def test_direct_message_gets_a_reply_that_cannot_ping(bot, fake):
     await fake.message(1, "what is my name?")
     sent = await fake.wait_sent(2)
     assert "Ana" in sent[1]["body"]["content"]
-    assert {c["name"] for c in fake.commands} == {"chat", "profile", "reset", "forget", "link"}
+    assert {c["name"] for c in fake.commands} == {"chat", "profile", "reset", "forget", "link", "good", "bad"}
 
 
 async def test_server_channel_answers_mentions_and_replies_only(bot, fake):

@@ -4,8 +4,9 @@ less two terms against bland replies (MMI and hubness, see :class:`RankWeights`)
 The weights come from the chat model's ``rapport_config.json`` (``rank_weights``, chosen on the
 validation splits by ``rapport-train reply-choice``); ``/style`` scales them (STYLE_WEIGHTS).
 In ``greedy`` mode (``reply_mode`` in ``rapport_config.json``, or RAPPORT_REPLY_MODE) a user on the
-default style gets the model's greedy reply, and the full candidate pool only when that reply cannot be
-sent (filtered, a repeat, or a claim of the user's facts as the bot's own).
+default style who never reacted to a reply gets the model's greedy reply, and the full candidate pool
+only when that reply cannot be sent (filtered, a repeat, or a claim of the user's facts as the bot's
+own); a user with reactions gets the pool ranked with their taste.
 This is synchronous, CPU-bound code: the engine runs it in a worker thread. :meth:`Replier.reply_batch`
 answers many users at once (one encoder call, one decoder run per step for all of them); under
 load each user gets fewer decoding rows (``max_rows``) so a batch stays within a latency budget.
@@ -27,6 +28,7 @@ from .decoding import DECODING, REPLY_MODES, STYLES, complete_sentences
 from .generation import GenerationConfig
 from .profile import recommender_score
 from .retrieval import ReplyIndex
+from .taste import Taste
 from .prompt import PromptBudget, Turn, build_source_ids
 from .seq2seq import Seq2SeqModel
 from .text import TextCodec
@@ -81,7 +83,8 @@ class ReplyRequest:
     """What :meth:`Replier.reply_batch` needs for one user. ``message`` is embedded for the profile
     update; ``needs_reply`` is False when the engine already has the answer (from memory); ``keep`` is the
     output filter (True for each candidate text that may be sent), applied before ranking; ``claims`` marks
-    (1.0) each candidate that claims the user's facts as the bot's own, which then ranks like a repeat."""
+    (1.0) each candidate that claims the user's facts as the bot's own, which then ranks like a repeat;
+    ``taste`` (see :mod:`engine.model.taste`) joins P(u, c) and raises its weight."""
 
     turns: list[Turn]
     persona: list[str]
@@ -91,6 +94,7 @@ class ReplyRequest:
     needs_reply: bool = True
     keep: Callable[[list[str]], list[bool]] | None = None
     claims: Callable[[list[str]], np.ndarray] | None = None
+    taste: Taste | None = None  # from the user's reactions; with one, the reply is chosen from the full pool
 
     @property
     def message(self) -> str:
@@ -226,10 +230,12 @@ class Replier:
 
     def features(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]],
                  profile: np.ndarray | None, recent: list[str], vectors: np.ndarray | None = None,
-                 claims: np.ndarray | None = None, prior: np.ndarray | None = None) -> CandidateFeatures:
+                 claims: np.ndarray | None = None, prior: np.ndarray | None = None,
+                 taste: Taste | None = None) -> CandidateFeatures:
         """Score parts of ``cands`` ((text, mean log-prob) pairs); without an encoder (``context_vec``
         None) ranker, profile and hub parts are 0. ``vectors``: the embeddings of the candidate texts then
-        of ``recent``, when the caller embedded them already; ``prior``: :meth:`priors` of the texts."""
+        of ``recent``, when the caller embedded them already; ``prior``: :meth:`priors` of the texts;
+        ``taste``: P(u, c) in the space extended by the user's reactions."""
         texts = [t for t, _ in cands]
         gen = np.array([s for _, s in cands], dtype=np.float32)
         prior = np.zeros(len(texts), dtype=np.float32) if prior is None else prior
@@ -245,7 +251,7 @@ class Replier:
             vecs = self.encoder.embed(texts + recent) if vectors is None else vectors
             vecs, recent_vecs = vecs[: len(texts)], vecs[len(texts):]
             ranker = vecs @ context_vec
-            prof = recommender_score(profile, vecs)
+            prof = recommender_score(profile, vecs) if taste is None else taste.score(profile, vecs, texts)
             if self.index is not None:
                 hub = self.index.hubness(vecs)
             if recent:  # near-copies of a recent turn ("what do you like to do for fun??") count as repeats
@@ -259,11 +265,15 @@ class Replier:
 
     def rank(self, context_vec: np.ndarray | None, cands: list[tuple[str, float]], profile: np.ndarray | None,
              recent: list[str], style: str = "balanced", vectors: np.ndarray | None = None,
-             claims: np.ndarray | None = None, prior: np.ndarray | None = None) -> list[ScoredReply]:
+             claims: np.ndarray | None = None, prior: np.ndarray | None = None,
+             taste: Taste | None = None) -> list[ScoredReply]:
         """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn, or
-        claiming the user's facts (``claims``), loses 1."""
-        f = self.features(context_vec, cands, profile, recent, vectors, claims, prior)
-        scores = self.weights_for(style).score(f)
+        claiming the user's facts (``claims``), loses 1; with a ``taste``, λ is the user's λ_u."""
+        f = self.features(context_vec, cands, profile, recent, vectors, claims, prior, taste)
+        weights = self.weights_for(style)
+        if taste is not None:
+            weights = replace(weights, profile=taste.weight(weights.profile))
+        scores = weights.score(f)
         return [ScoredReply(f.texts[i], float(scores[i]), float(f.ranker[i]), float(f.generator[i]),
                             float(f.profile[i]), bool(f.echo[i] > 0)) for i in np.argsort(-scores)]
 
@@ -291,7 +301,8 @@ class Replier:
             context_vecs = dict(zip(asking, embedded[len(requests):]))
         sources = {i: self.source_ids(requests[i].turns, requests[i].persona, requests[i].user_facts) for i in asking}
         replies: dict[int, ScoredReply] = {}
-        fast = [i for i in asking if self.mode == "greedy" and requests[i].style == "balanced"]
+        fast = [i for i in asking if self.mode == "greedy" and requests[i].style == "balanced"
+                and requests[i].taste is None]
         if fast:  # the greedy reply, where it can be sent
             for i, reply in zip(fast, self._choose([requests[i] for i in fast], [sources[i] for i in fast],
                                                    [context_vecs.get(i) for i in fast], greedy=True)):
@@ -340,7 +351,7 @@ class Replier:
             CANDIDATES.observe(len(pools[n]))
             claims = req.claims(list(pools[n])) if req.claims is not None else None
             out.append(self.rank(context_vecs[n], list(pools[n].items()), profiles[n], recents[n],
-                                 req.style, vectors[n], claims, priors[n])[0])
+                                 req.style, vectors[n], claims, priors[n], req.taste)[0])
         return out
 
     def _pool_priors(self, pools: list[dict[str, float]]) -> list[np.ndarray | None]:

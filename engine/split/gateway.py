@@ -10,8 +10,10 @@ from typing import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from ..access import Access
 from ..config import Settings
-from ..messages import DUPLICATE, IncomingMessage, OutgoingMessage
+from ..feedback import FeedbackRecorder
+from ..messages import DUPLICATE, IncomingMessage, OutgoingMessage, Reaction
 from ..metrics import GATEWAY_WAITING
 from ..state.keyed_lock import KeyedLocks
 from ..state.store import RedisStore, UserRef
@@ -40,7 +42,9 @@ class StreamGateway:
         self.settings = settings
         self.r = client
         self.id = gateway_id or settings.gateway_id or default_id()
-        self.store = RedisStore(client, prefix=settings.key_prefix)  # key names and the duplicate check
+        self.store = RedisStore(client, prefix=settings.key_prefix, history_ttl_s=settings.history_ttl_s,
+                                profile_ttl_s=settings.profile_ttl_s)  # key names, the duplicate check, reactions
+        self.feedback = FeedbackRecorder(self.store, Access(settings))
         self._k = self.store.key
         self.out_stream = self._k("out", self.id)
         self.late_reply = late_reply
@@ -81,6 +85,14 @@ class StreamGateway:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+    async def sent(self, out: OutgoingMessage, message_ids: list[str]) -> None:
+        """Remember the platform messages that carried ``out`` (workers read them when a reaction comes)."""
+        await self.feedback.sent(out, message_ids)
+
+    async def react(self, reaction: Reaction) -> None:
+        """Store a reaction to one of the bot's replies; workers learn from it at the user's next message."""
+        await self.feedback.react(reaction)
 
     async def handle(self, msg: IncomingMessage) -> OutgoingMessage:
         """Publish ``msg`` and wait for its reply (a polite notice after ``reply_timeout_s``; the late

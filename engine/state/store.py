@@ -17,13 +17,19 @@ Key schema (``P`` is the prefix, ``U`` = ``{platform}:{user_id}``, ``C`` = ``{pl
                                                                TTL link_code_ttl_s, deleted when used or on /forget
   P:linkcodes:U  set of the codes U made that may still be live TTL link_code_ttl_s
   P:msg:U:C:M    "1" once U's message M in chat C was accepted (drops platform retries)  TTL 1 day
+  P:sent:U:C:M   JSON {"text","ts"}: the bot's reply to U carried by its message M in chat C  TTL history_ttl_s
+  P:lastsent:U:C string, the id of the bot's latest reply to U in chat C (/good, /bad)  TTL history_ttl_s
+  P:fb:O         hash "C/M" -> JSON {"text","value","ts"}: replies O reacted to (+1 / -1), the
+                 latest FEEDBACK_KEPT                          TTL profile_ttl_s
+  P:fbvec:O      hash "C/M" -> float32 bytes: the sentence embedding of that reply  TTL profile_ttl_s
   P:confirm:U    "forget" while U's /forget waits for "/forget yes"  TTL 120 s
   P:notice:U     "1" once U was told they may not use the bot (one notice a day)  TTL 1 day
   P:blocked      set of accounts an admin blocked (/block)     until /unblock
   P:users        set of accounts that talked to the bot (/stats)  until the account's /forget
   P:stats        hash of counters: messages, replies, commands, rate_limited, refused, safety_<category>
   P:latency      list of the latest 1,000 reply latencies in ms (/stats p50/p95)
-No key holds message text except P:hist (and P:facts, the user's own statements).
+No key holds message text except P:hist, P:sent and P:fb (the bot's replies) and P:facts (the user's own
+statements).
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ from ..metrics import REDIS_ROUNDTRIP
 DEDUPE_TTL_S = 86400
 CONFIRM_TTL_S = 120
 LATENCIES_KEPT = 1000
+FEEDBACK_KEPT = 200
 # Sliding-window rate limit: drop entries older than the window, admit if fewer than the limit remain.
 _RATE = """
 local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -143,6 +150,13 @@ class Store(Protocol):
     async def stats(self) -> dict: ...
     async def rewrite_disk(self) -> None: ...
     async def first_delivery(self, ref: UserRef, message_id: str) -> bool: ...
+    async def remember_sent(self, ref: UserRef, message_ids: list[str], text: str) -> None: ...
+    async def last_sent(self, ref: UserRef) -> str | None: ...
+    async def sent_text(self, ref: UserRef, message_id: str) -> str | None: ...
+    async def set_reaction(self, ref: UserRef, message_id: str, text: str, value: int) -> None: ...
+    async def reactions(self, ref: UserRef) -> dict[str, dict]: ...
+    async def reaction_vectors(self, ref: UserRef) -> dict[str, np.ndarray]: ...
+    async def set_reaction_vectors(self, ref: UserRef, vectors: dict[str, np.ndarray]) -> None: ...
     def user_lock(self, ref: UserRef, timeout_s: float) -> "AsyncIterator[None]": ...
 
 
@@ -254,7 +268,7 @@ class RedisStore:
         every chat, rate window, message-id markers, link, pending link codes, confirmation and notice
         markers, and its entry in the user list of /stats; returns keys deleted."""
         accounts = await self.accounts(ref)
-        keys = [self.key(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")]
+        keys = [self.key(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked", "fb", "fbvec")]
         for account in accounts:
             chats = await self.chats(account)
             if account == ref.user:
@@ -262,8 +276,9 @@ class RedisStore:
             keys += [self.key("hist", chat, account) for chat in chats]
             keys += [self.key(kind, account) for kind in ("chats", "link", "rate", "confirm", "notice", "linkcodes")]
             keys += [self.key("linkcode", c.decode()) for c in await self.r.smembers(self.key("linkcodes", account))]
-            pattern = self.key("msg", glob_escape(account), "*")
-            keys += [key.decode() async for key in self.r.scan_iter(match=pattern, count=100)]
+            for kind in ("msg", "sent", "lastsent"):
+                pattern = self.key(kind, glob_escape(account), "*")
+                keys += [key.decode() async for key in self.r.scan_iter(match=pattern, count=100)]
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(*keys)
         pipe.srem(self.key("users"), *accounts)
@@ -289,8 +304,69 @@ class RedisStore:
             "preferences": await self.prefs(ref),
             "profile_vector": None if vector is None else [round(float(x), 5) for x in vector],
             "profile_messages_seen": seen,
+            "reactions": sorted(({"reply": r["text"], "value": r["value"], "ts": r["ts"]}
+                                 for r in (await self.reactions(ref)).values()), key=lambda r: r["ts"]),
             "history": histories,
         }
+
+    # --- reactions to the bot's replies ----------------------------------------------------------------
+    async def remember_sent(self, ref: UserRef, message_ids: list[str], text: str) -> None:
+        """Remember that the platform messages ``message_ids`` carried the reply ``text`` to ``ref``."""
+        record = json.dumps({"text": text, "ts": time.time()}, ensure_ascii=False)
+        pipe = self.r.pipeline(transaction=True)
+        for mid in message_ids:
+            pipe.set(self.key("sent", ref.user, ref.chat, mid), record, ex=self.history_ttl_s)
+        if message_ids:
+            pipe.set(self.key("lastsent", ref.user, ref.chat), message_ids[-1], ex=self.history_ttl_s)
+        await pipe.execute()
+
+    async def last_sent(self, ref: UserRef) -> str | None:
+        """The id of the bot's latest reply to ``ref`` in its chat (None when it has expired)."""
+        mid = await self.r.get(self.key("lastsent", ref.user, ref.chat))
+        return mid.decode() if mid else None
+
+    async def sent_text(self, ref: UserRef, message_id: str) -> str | None:
+        """The reply the bot's message ``message_id`` carried to ``ref``, or None (expired, or not a reply to them)."""
+        raw = await self.r.get(self.key("sent", ref.user, ref.chat, message_id))
+        return json.loads(raw)["text"] if raw else None
+
+    async def set_reaction(self, ref: UserRef, message_id: str, text: str, value: int) -> None:
+        """Store ``ref``'s reaction (+1 / -1) to the reply ``text`` in message ``message_id``; 0 removes it.
+        Only the latest FEEDBACK_KEPT reactions are kept."""
+        field_name = f"{ref.chat}/{message_id}"
+        fb, vec = self.key("fb", ref.owner), self.key("fbvec", ref.owner)
+        if value == 0:
+            await self.r.hdel(fb, field_name)
+            await self.r.hdel(vec, field_name)
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(fb, field_name, json.dumps({"text": text, "value": value, "ts": time.time()}, ensure_ascii=False))
+        pipe.expire(fb, self.profile_ttl_s)
+        await pipe.execute()
+        if await self.r.hlen(fb) > FEEDBACK_KEPT:
+            records = await self.reactions(ref)
+            oldest = sorted(records, key=lambda k: records[k]["ts"])[: len(records) - FEEDBACK_KEPT]
+            await self.r.hdel(fb, *oldest)
+            await self.r.hdel(vec, *oldest)
+
+    async def reactions(self, ref: UserRef) -> dict[str, dict]:
+        """``ref``'s reactions: {"chat/message": {"text", "value", "ts"}}."""
+        raw = await self.r.hgetall(self.key("fb", ref.owner))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    async def reaction_vectors(self, ref: UserRef) -> dict[str, np.ndarray]:
+        """The stored embeddings of the replies ``ref`` reacted to (some may not be computed yet)."""
+        raw = await self.r.hgetall(self.key("fbvec", ref.owner))
+        return {k.decode(): np.frombuffer(v, dtype=np.float32).copy() for k, v in raw.items()}
+
+    async def set_reaction_vectors(self, ref: UserRef, vectors: dict[str, np.ndarray]) -> None:
+        """Store embeddings of replies ``ref`` reacted to."""
+        if not vectors:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key("fbvec", ref.owner), mapping={k: v.astype(np.float32).tobytes() for k, v in vectors.items()})
+        pipe.expire(self.key("fbvec", ref.owner), self.profile_ttl_s)
+        await pipe.execute()
 
     async def ask_confirmation(self, ref: UserRef) -> None:
         """Remember for CONFIRM_TTL_S seconds that ``ref`` asked to /forget."""

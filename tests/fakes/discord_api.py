@@ -100,6 +100,14 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", data)
         return data
 
+    async def reaction(self, user_id: int, message: dict, emoji: str, add: bool = True) -> None:
+        """Dispatch MESSAGE_REACTION_ADD (or _REMOVE) by ``user_id`` on ``message`` (a message payload)."""
+        data = {"user_id": str(user_id), "channel_id": message["channel_id"], "message_id": message["id"],
+                "emoji": {"id": None, "name": emoji}, "type": 0, "burst": False}
+        if add:
+            data.update(burst_colors=[], message_author_id=message["author"]["id"])
+        await self.dispatch("MESSAGE_REACTION_ADD" if add else "MESSAGE_REACTION_REMOVE", data)
+
     async def slash(self, user_id: int, name: str, options: dict | None = None, guild: bool = True) -> dict:
         """Dispatch an INTERACTION_CREATE for slash command ``name``; returns its payload."""
         data = {"id": str(self.next_id()), "application_id": str(APP_ID), "type": 2, "token": f"itok{self.next_id()}",

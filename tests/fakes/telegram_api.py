@@ -2,7 +2,8 @@
 
 Implements what the adapter uses: getMe, getUpdates (long polling), sendMessage, sendChatAction,
 setMyCommands, setWebhook, deleteWebhook, getWebhookInfo. Tests push updates with
-:meth:`FakeTelegramAPI.push_message` and read what the bot sent from :attr:`sent`. ``fail_next``
+:meth:`FakeTelegramAPI.push_message` and :meth:`FakeTelegramAPI.push_reaction` and read what the bot
+sent from :attr:`sent`. ``allowed_updates`` holds what the last getUpdates asked for. ``fail_next``
 makes the next calls of a method answer with an HTTP error (429 with retry_after, or 500).
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ class FakeTelegramAPI:
     webhook: dict = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     fail_next: dict[str, list[int]] = field(default_factory=dict)
+    allowed_updates: list[str] | None = None
 
     def __post_init__(self) -> None:
         self._update_ids = itertools.count(1)
@@ -75,7 +77,19 @@ class FakeTelegramAPI:
 
     def push_message(self, *args, **kwargs) -> dict:
         """Queue an update for getUpdates; returns it."""
-        update = self.message(*args, **kwargs)
+        return self._push(self.message(*args, **kwargs))
+
+    def push_reaction(self, chat_id: int, user_id: int, message_id: int, emojis: list[str],
+                      old: list[str] | None = None, chat_type: str = "private") -> dict:
+        """Queue a message_reaction update: ``user_id`` now has ``emojis`` on message ``message_id``."""
+        chat = {"id": chat_id, "type": chat_type, **({"title": "test group"} if chat_type != "private" else {})}
+        return self._push({"update_id": next(self._update_ids), "message_reaction": {
+            "chat": chat, "message_id": message_id, "date": int(time.time()),
+            "user": {"id": user_id, "is_bot": False, "first_name": "Ana"},
+            "old_reaction": [{"type": "emoji", "emoji": e} for e in old or []],
+            "new_reaction": [{"type": "emoji", "emoji": e} for e in emojis]}})
+
+    def _push(self, update: dict) -> dict:
         self.updates.append(update)
         self._new_update.set()
         return update
@@ -139,6 +153,7 @@ class FakeTelegramAPI:
                 "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False}
 
     async def _getUpdates(self, params: dict):
+        self.allowed_updates = params.get("allowed_updates")
         offset = int(params.get("offset") or 0)
         self.updates = [u for u in self.updates if u["update_id"] >= offset]
         if not self.updates:
