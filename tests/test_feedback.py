@@ -198,3 +198,28 @@ async def test_discord_reactions_reach_the_users_ranking(settings, replier, monk
                 await asyncio.gather(task, return_exceptions=True)
     finally:
         await fake.stop()
+
+
+def test_simulated_user_reacts_by_words_and_counts_only():
+    from bench.feedback import SimulatedUser, stems
+    user = SimulatedUser(frozenset(stems("i love baking cookies")), likes_short=True, likes_questions=False,
+                         openings=(0,))
+    assert user.reacts("i baked cookies today.") == 1  # topic and length and a statement
+    assert user.reacts("do you like cookies?") == 1  # topic and length
+    assert user.reacts("what do you do for a living these days, and do you like your job?") == -1
+
+
+def test_learning_users_get_replies_ranked_by_their_reactions(replier):
+    from bench.feedback import build_pool, simulate, simulated_users
+    from engine.safety import SafetyFilter
+    from training.persona import PersonaConversation
+    keep = SafetyFilter("standard").candidates_ok
+    pools = [build_pool(replier, keep, text, []) for text in ("hi! how are you?", "i just got a puppy",
+                                                            "what music do you like?")]
+    convs = [PersonaConversation("c1", (("i love dogs.", "i play guitar.", "i bake bread."),
+                                        ("i am a nurse.", "i like jazz.", "i live in paris.")), 1, ("hi",))]
+    users = simulated_users(convs, 3, len(pools), 3, seed=0)
+    reactions = {mode: simulate(replier, pools, users, mode) for mode in ("greedy", "ranked", "learning")}
+    assert all(r.shape == (3, 3) and set(np.unique(r)) <= {-1, 1} for r in reactions.values())
+    # turn 1 is the greedy reply in both; the learning users' later replies come from the ranked pool
+    assert (reactions["learning"][:, 0] == reactions["greedy"][:, 0]).all()
