@@ -223,3 +223,19 @@ def test_learning_users_get_replies_ranked_by_their_reactions(replier):
     assert all(r.shape == (3, 3) and set(np.unique(r)) <= {-1, 1} for r in reactions.values())
     # turn 1 is the greedy reply in both; the learning users' later replies come from the ranked pool
     assert (reactions["learning"][:, 0] == reactions["greedy"][:, 0]).all()
+
+
+async def test_split_mode_gateway_records_what_workers_learn_from(redis_server, prefix):
+    import redis.asyncio as aioredis
+    from engine.config import Settings
+    from engine.messages import OutgoingMessage, Reaction
+    from engine.split.gateway import StreamGateway
+    client = aioredis.from_url(redis_server.url)
+    gateway = StreamGateway(Settings(redis_url=redis_server.url, key_prefix=prefix), client)
+    await gateway.sent(OutgoingMessage("telegram", "5", "5", "i love jazz.", kind="reply"), ["77"])
+    await gateway.sent(OutgoingMessage("telegram", "5", "5", "Usage: /profile", kind="command"), ["78"])
+    await gateway.react(Reaction("telegram", "5", "5", "77", 1))
+    await gateway.react(Reaction("telegram", "5", "5", "78", 1))  # a command's answer cannot be rated
+    reactions = await gateway.store.reactions(UserRef("telegram", "5", "5"))
+    assert [(r["text"], r["value"]) for r in reactions.values()] == [("i love jazz.", 1)]
+    await client.aclose()
