@@ -55,7 +55,7 @@ _STOP = set("""the a an and or but to of in on at for with is am are was were be
 have has had do does did not no so just like love really very too also can will would what how who when where
 they them their we our he she his her there here about from into out up get got go going one all some any
 """.split())
-GRID = {"beta": (0.5, 1.0, 2.0), "gamma": (0.5, 1.0, 2.0), "max_weight": (1.0, 2.0, 4.0)}
+GRID = {"beta": (0.5, 1.0, 2.0), "gamma": (1.0, 2.0, 4.0), "max_weight": (2.0, 4.0, 8.0)}
 
 
 def stems(text: str) -> set[str]:
@@ -117,11 +117,16 @@ def build_pool(replier: Replier, keep, opening: str, persona: list[str]) -> Open
 
 
 def pools_for(replier: Replier, openings: list[str], persona: list[str], cache: Path) -> list[OpeningPool]:
-    """Pools of ``openings`` (cached on disk per model and openings)."""
+    """Pools of ``openings`` (cached on disk per model and openings; the MMI priors are added when the
+    model's weights use them and the cached pools lack them)."""
     if cache.exists():
-        return pickle.loads(cache.read_bytes())
-    keep = SafetyFilter("standard").candidates_ok
-    pools = [build_pool(replier, keep, o, persona) for o in openings]
+        pools = pickle.loads(cache.read_bytes())
+    else:
+        keep = SafetyFilter("standard").candidates_ok
+        pools = [build_pool(replier, keep, o, persona) for o in openings]
+    if replier.weights.mmi and any(pool.prior is None for pool in pools):
+        for pool in pools:
+            pool.prior = replier.priors([text for text, _ in pool.cands])
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(pickle.dumps(pools))
     return pools
@@ -140,9 +145,12 @@ def simulated_users(conversations, n_users: int, n_openings: int, turns: int, se
 
 
 def simulate(replier: Replier, pools: list[OpeningPool], users: list[SimulatedUser], mode: str,
-             settings: TasteSettings = TasteSettings()) -> np.ndarray:
-    """Reactions (users x turns, +1/-1) when replies are chosen by ``mode``: greedy, ranked or learning."""
+             settings: TasteSettings = TasteSettings()) -> tuple[np.ndarray, np.ndarray]:
+    """Reactions (users x turns, +1/-1) when replies are chosen by ``mode`` (greedy, ranked or learning),
+    and the relevance of each reply: its cosine to the opening in the ranker's space (not what the users
+    judge; it shows whether following a taste costs on-topic replies)."""
     out = np.zeros((len(users), len(users[0].openings)), dtype=np.int8)
+    relevance = np.zeros(out.shape, dtype=np.float32)
     for u, user in enumerate(users):
         profile, seen = None, 0
         rated_vecs: list[np.ndarray] = []
@@ -161,11 +169,12 @@ def simulate(replier: Replier, pools: list[OpeningPool], users: list[SimulatedUs
                                      prior=pool.prior, taste=taste)[0].text
                 vec = pool.vectors[texts.index(reply)]
             out[u, t] = user.reacts(reply)
+            relevance[u, t] = float(vec @ pool.context_vec)
             rated_vecs.append(vec)
             rated_texts.append(reply)
             values.append(int(out[u, t]))
             profile, seen = update_profile(profile, seen, pool.vectors[-1])
-    return out
+    return out, relevance
 
 
 def like_rate(reactions: np.ndarray, first: int, last: int) -> np.ndarray:
@@ -190,7 +199,7 @@ def tune(replier: Replier, pools: list[OpeningPool], users: list[SimulatedUser])
     rows = []
     for values in itertools.product(*GRID.values()):
         s = TasteSettings(**dict(zip(GRID, values)), half_at=TasteSettings().half_at)
-        rate = float(like_rate(simulate(replier, pools, users, "learning", s), 6, len(users[0].openings)).mean())
+        rate = float(like_rate(simulate(replier, pools, users, "learning", s)[0], 6, len(users[0].openings)).mean())
         rows.append({"settings": asdict(s), "like_rate_6_30": rate})
         print(f"  {values}: {rate:.3f}", flush=True)
     best = max(rows, key=lambda r: r["like_rate_6_30"])
@@ -258,11 +267,13 @@ def main(argv: list[str] | None = None) -> dict:
             result["tuning"] = {"split": "valid half", "grid": table, "chosen": asdict(settings)}
             print("chosen on valid:", asdict(settings))
             continue
-        runs = {mode: simulate(replier, pools, users, mode, settings) for mode in ("greedy", "ranked", "learning")}
+        sims = {mode: simulate(replier, pools, users, mode, settings) for mode in ("greedy", "ranked", "learning")}
+        runs = {mode: reactions for mode, (reactions, _) in sims.items()}
         rows = {}
-        for mode, reactions in runs.items():
+        for mode, (reactions, relevance) in sims.items():
             early, late = like_rate(reactions, 1, 5), like_rate(reactions, args.turns - 4, args.turns)
-            rows[mode] = {"turns_1_5": float(early.mean()), f"turns_{args.turns - 4}_{args.turns}": float(late.mean())}
+            rows[mode] = {"turns_1_5": float(early.mean()), f"turns_{args.turns - 4}_{args.turns}": float(late.mean()),
+                          "relevance_late": float(relevance[:, args.turns - 5:].mean())}
         late = {mode: like_rate(r, args.turns - 4, args.turns) for mode, r in runs.items()}
         result["test"] = {"like_rate": rows, "settings": asdict(settings),
                           "learning_vs_greedy_late": ratio_ci(late["learning"], late["greedy"]),

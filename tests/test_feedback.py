@@ -219,7 +219,7 @@ def test_learning_users_get_replies_ranked_by_their_reactions(replier):
     convs = [PersonaConversation("c1", (("i love dogs.", "i play guitar.", "i bake bread."),
                                         ("i am a nurse.", "i like jazz.", "i live in paris.")), 1, ("hi",))]
     users = simulated_users(convs, 3, len(pools), 3, seed=0)
-    reactions = {mode: simulate(replier, pools, users, mode) for mode in ("greedy", "ranked", "learning")}
+    reactions = {mode: simulate(replier, pools, users, mode)[0] for mode in ("greedy", "ranked", "learning")}
     assert all(r.shape == (3, 3) and set(np.unique(r)) <= {-1, 1} for r in reactions.values())
     # turn 1 is the greedy reply in both; the learning users' later replies come from the ranked pool
     assert (reactions["learning"][:, 0] == reactions["greedy"][:, 0]).all()
