@@ -65,11 +65,14 @@ def test_continued_training_round_trip(tmp_path):
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
     torch.save({"model": sent.state_dict(), "state": {"examples": 9}, "config": sent.config.to_dict(),
-                "frozen_embeddings": True}, tmp_path / "trained.pt")
+                "frozen_embeddings": True, "budget": {"max_source_tokens": 192, "max_facts_tokens": 64},
+                "persona_data": True}, tmp_path / "trained.pt")
     shards = pack_chat(tmp_path / "trained.pt", tmp_path / "back")
     assert sum(p.stat().st_size for p in shards) < 55e6  # the frozen tables stay behind
     unpack_chat(tmp_path / "back", tmp_path / "out.pt", base=tmp_path / "base.pt")
     back = load_checkpoint(tmp_path / "out.pt")
+    unpacked = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert unpacked["budget"]["max_facts_tokens"] == 64 and unpacked["persona_data"]  # export reads these
     for name, weight in sent.state_dict().items():
         assert torch.allclose(back.state_dict()[name], weight, rtol=1e-3, atol=1e-4), name
 

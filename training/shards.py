@@ -147,21 +147,25 @@ def pack_chat(checkpoint: Path, out_dir: Path) -> list[Path]:
     if not ckpt.get("frozen_embeddings"):
         raise ValueError("pack-chat needs a checkpoint trained with --freeze-embeddings")
     tensors = {k: v for k, v in ckpt["model"].items() if k not in CHAT_FROZEN}
-    return pack(tensors, out_dir, "chat", {"config": ckpt["config"], "state": ckpt["state"]})
+    return pack(tensors, out_dir, "chat", {"config": ckpt["config"], "state": ckpt["state"],
+                                           "budget": ckpt.get("budget", {}), "persona_data": ckpt.get("persona_data")})
 
 
 def unpack_chat(shards_dir: Path, out: Path, base: Path | None = None) -> None:
     """Rebuild a full checkpoint (no optimizer state) from chat shards, on MiniLM or on ``base``."""
     trained, meta = unpack(shards_dir, "chat")
+    extra = {"budget": meta.get("budget") or {}, "persona_data": meta.get("persona_data")}
     if base:
         from .export import load_checkpoint
         model = load_checkpoint(base)
         model.load_state_dict(overlay(model.state_dict(), trained, as_sent_by_pack_init))
+        base_ckpt = torch.load(base, map_location="cpu", weights_only=False)  # prompt budget of shards packed without it
+        extra = {k: v or base_ckpt.get(k) for k, v in extra.items()}
     else:
         model = build_model(warm_start=True)
         model.load_state_dict(overlay(model.state_dict(), trained))
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "state": meta["state"], "config": meta["config"],
+    torch.save({"model": model.state_dict(), "state": meta["state"], "config": meta["config"], **extra,
                 "warm_start": True, "frozen_embeddings": True, "unpacked_from_fp16_shards": True}, out)
 
 
