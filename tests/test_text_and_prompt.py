@@ -105,3 +105,9 @@ def test_the_prompt_fits_five_bot_and_five_user_facts():
     assert all(fact.split()[-1] in text for fact in bot + user) and "how are you today" in text
     shipped = json.loads((DEFAULT_MODEL / "rapport_config.json").read_text())["prompt_budget"]
     assert PromptBudget(**shipped).max_source_tokens <= 256  # the model's positions
+
+
+def test_template_slots_of_the_persona_data_are_recognised():
+    from engine.model.replier import TEMPLATE_SLOT
+    assert TEMPLATE_SLOT.search("hi, i'm [name].") and TEMPLATE_SLOT.search("hi, i'm [user 2's name].")
+    assert not TEMPLATE_SLOT.search("i love jazz, and you?")

@@ -34,7 +34,7 @@ from .seq2seq import Seq2SeqModel
 from .text import TextCodec
 
 _WORD = re.compile(r"\w+")
-_PLACEHOLDER = re.compile(r"\[[a-z ]*\]")  # a template slot of the persona data ("hi, i'm [name]."): never sent
+TEMPLATE_SLOT = re.compile(r"\[[^\[\]]{1,40}\]")  # of the persona data ("i'm [name].", "[user 2's name]"): never sent
 LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
 SAFE_FALLBACK = "Hmm, I'm not sure what to say to that. Tell me more, or let's talk about something else?"
 NEAR_COPY = 0.9  # cosine above which a candidate repeats a recent turn
@@ -183,7 +183,7 @@ class Replier:
                         text = self.codec.decode(list(cand.ids))
                         if not cand.ids or cand.ids[-1] != self.model.eos_id:  # cut at the token limit
                             text = complete_sentences(text)
-                        if text and _WORD.search(text) and not _PLACEHOLDER.search(text) and text not in found[i]:
+                        if text and _WORD.search(text) and not TEMPLATE_SLOT.search(text) and text not in found[i]:
                             found[i][text] = cand.mean_logprob
         return [list(f.items()) for f in found]
 
