@@ -10,6 +10,7 @@ import logging
 import time
 from contextvars import ContextVar
 
+import numpy as np
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -22,7 +23,7 @@ from .feedback import FeedbackRecorder, load_taste
 from .state.keyed_lock import KeyedLocks
 from .memory import answer_from_memory
 from .metrics import ERRORS, MESSAGES_ANSWERED, MESSAGES_RECEIVED, REPLY_LATENCY
-from .persona_guard import answer_about_self, claims_user_facts
+from .persona_guard import answer_about_self, claims_a_name, claims_user_facts
 from .messages import DUPLICATE, IGNORED, IncomingMessage, OutgoingMessage, Reaction
 from .model.profile import update_profile
 from .model.prompt import Turn
@@ -244,7 +245,8 @@ class Engine:
         answer = await self.batcher.submit(ReplyRequest(
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
             needs_reply=reply is None, keep=self.safety.candidates_ok,
-            claims=lambda texts: claims_user_facts(texts, facts, self.settings.persona), taste=taste))
+            claims=lambda texts: np.maximum(claims_user_facts(texts, facts, self.settings.persona),
+                                            claims_a_name(texts, self.settings.bot_name)), taste=taste))
         _batch_size.set(answer.batch_size)
         kind = "memory" if reply is not None else "reply"
         if reply is None:

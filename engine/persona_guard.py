@@ -1,5 +1,6 @@
 """Keep the bot's persona apart from the user's: questions about the bot are answered from its persona
-facts, and a candidate reply that claims one of the user's facts as the bot's own is ranked down."""
+facts, and a candidate reply that claims one of the user's facts as the bot's own, or a name that is not
+the bot's, is ranked down."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,10 @@ from .facts import content_words
 
 _FIRST_PERSON = re.compile(r"\b(?:i|i'm|im|i've|ive|i'd|my|me|myself)\b", re.IGNORECASE)
 _SENTENCES = re.compile(r"(?<=[.!?])\s+")
+_OWN_NAME = re.compile(r"\b(?:my name is|my name's|call me)\s+([a-z]+)|"
+                       r"\b(?:hi|hello|hey|hiya)\W+(?:i'm|i am|im)\s+([a-z]+)", re.IGNORECASE)
+_NOT_NAMES = set("""good fine great well ok okay doing so not a an the here glad happy sorry sure just also really very
+tired bored new back excited from in at still pretty alright all sad busy there doing going""".split())
 IDENTITY = "I'm a chatbot, not a person: a program you can talk to."
 # words too common to tell one person's facts from another's
 _GENERIC = {"work", "live", "play", "make", "time", "day", "year", "thing", "people", "friend", "good", "great",
@@ -65,3 +70,12 @@ def claims_user_facts(texts: list[str], user_facts: list[str], persona: list[str
                 out[i] = 1.0
                 break
     return out
+
+
+def claims_a_name(texts: list[str], bot_name: str) -> np.ndarray:
+    """1 for each candidate that gives the bot a name other than ``bot_name`` ("hi, my name is emily!": a
+    real person's reply retrieved from the corpus, or the model imitating one)."""
+    def names(text: str) -> set[str]:
+        return {(m.group(1) or m.group(2)).lower() for m in _OWN_NAME.finditer(text)} - _NOT_NAMES
+
+    return np.array([bool(names(t) - {bot_name.lower()}) for t in texts], dtype=np.float32)

@@ -35,3 +35,10 @@ async def test_the_bot_does_not_claim_the_users_facts(settings, replier):
             if claims(reply, key):
                 claimed.append((statement, question, reply))
         assert claimed == []
+
+
+def test_a_name_that_is_not_the_bots_is_a_claim():
+    from engine.persona_guard import claims_a_name
+    texts = ["hiia, my name is emily!", "hi, my name is Rapport.", "hi, i'm emily! nice to meet you.",
+             "hi, i'm good, thanks", "hello there!"]
+    assert claims_a_name(texts, "Rapport").tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]

@@ -38,6 +38,7 @@ TEMPLATE_SLOT = re.compile(r"\[[^\[\]]{1,40}\]")  # of the persona data ("i'm [n
 LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
 SAFE_FALLBACK = "Hmm, I'm not sure what to say to that. Tell me more, or let's talk about something else?"
 NEAR_COPY = 0.9  # cosine above which a candidate repeats a recent turn
+CLAIM_PENALTY = 10.0  # more than any spread of the other score parts: a claim is sent only when all candidates make one
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class RankWeights:
     hubness: float = 0.0
 
     def score(self, f: "CandidateFeatures") -> np.ndarray:
-        """Score of every candidate; a repeat of a recent turn loses 1."""
+        """Score of every candidate; a repeat of a recent turn loses 1, a claim CLAIM_PENALTY."""
         return (self.ranker * f.ranker + self.generator * f.generator + self.profile * f.profile
                 - self.mmi * f.prior - self.hubness * f.hub - f.echo)
 
@@ -83,7 +84,8 @@ class ReplyRequest:
     """What :meth:`Replier.reply_batch` needs for one user. ``message`` is embedded for the profile
     update; ``needs_reply`` is False when the engine already has the answer (from memory); ``keep`` is the
     output filter (True for each candidate text that may be sent), applied before ranking; ``claims`` marks
-    (1.0) each candidate that claims the user's facts as the bot's own, which then ranks like a repeat;
+    (1.0) each candidate that claims the user's facts (or a name not the bot's) as the bot's own, which then
+    ranks below every candidate that does not;
     ``taste`` (see :mod:`engine.model.taste`) joins P(u, c) and raises its weight."""
 
     turns: list[Turn]
@@ -242,8 +244,8 @@ class Replier:
         hub = np.zeros(len(texts), dtype=np.float32)
         seen = {t.lower() for t in recent}
         echo = np.array([t.lower() in seen for t in texts], dtype=np.float32)
-        if claims is not None:  # claiming the user's facts as the bot's own costs as much as a repeat
-            echo = np.maximum(echo, claims)
+        if claims is not None:  # a claim of the user's facts (or of another name) ranks below every other candidate
+            echo = np.maximum(echo, CLAIM_PENALTY * claims)
         if context_vec is None:
             ranker = np.zeros(len(texts), dtype=np.float32)
             prof = np.zeros(len(texts), dtype=np.float32)
@@ -267,8 +269,8 @@ class Replier:
              recent: list[str], style: str = "balanced", vectors: np.ndarray | None = None,
              claims: np.ndarray | None = None, prior: np.ndarray | None = None,
              taste: Taste | None = None) -> list[ScoredReply]:
-        """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn, or
-        claiming the user's facts (``claims``), loses 1; with a ``taste``, λ is the user's λ_u."""
+        """Score candidates, best first; a candidate repeating (or nearly copying) a ``recent`` turn loses 1,
+        one claiming the user's facts (``claims``) CLAIM_PENALTY; with a ``taste``, λ is the user's λ_u."""
         f = self.features(context_vec, cands, profile, recent, vectors, claims, prior, taste)
         weights = self.weights_for(style)
         if taste is not None:
