@@ -39,7 +39,7 @@ import numpy as np
 from bots.fake import FakeAdapter
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.engine import Engine
-from engine.model.decoding import GREEDY, complete_sentences
+from engine.model.decoding import GREEDY
 from engine.model.profile import update_profile
 from engine.model.prompt import Turn
 from engine.model.replier import Replier
@@ -107,10 +107,7 @@ def build_pool(replier: Replier, keep, opening: str, persona: list[str]) -> Open
         cands.setdefault(text, score)
     cands = {t: s for (t, s), ok in zip(cands.items(), keep(list(cands))) if ok}
     texts = list(cands)
-    greedy = replier.model.generate(source, GREEDY)[0]
-    greedy_text = replier.codec.decode(list(greedy.ids))
-    if not greedy.ids or greedy.ids[-1] != replier.model.eos_id:
-        greedy_text = complete_sentences(greedy_text)
+    greedy_text = replier.text_of(replier.model.generate(source, GREEDY)[0].ids)
     prior = replier.priors(texts) if replier.weights.mmi else None
     vectors = replier.encoder.embed(texts + [opening, greedy_text])
     return OpeningPool(opening, context_vec, list(cands.items()), vectors[:-1], prior, greedy_text, vectors[-1])

@@ -37,7 +37,7 @@ from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
 from engine.facts import content_words
 from engine.model.profile import update_profile
 from engine.model.prompt import Turn
-from engine.model.decoding import GREEDY, complete_sentences
+from engine.model.decoding import GREEDY
 from engine.model.replier import CandidateFeatures, RankWeights, Replier
 
 from .data import DEFAULT_DATA
@@ -74,10 +74,7 @@ def collect_pool(replier: Replier, source: list[int], turns: list[Turn], profile
     fact_vecs = replier.encoder.embed(facts) if facts else None
     f = replier.features(context_vec, items, replier.profile_with_facts(profile, fact_vecs),
                          [t.text for t in turns[-4:]], prior=replier.priors([t for t, _ in items]))
-    greedy = replier.model.generate(source, GREEDY)[0]
-    text = replier.codec.decode(list(greedy.ids))
-    if not greedy.ids or greedy.ids[-1] != replier.model.eos_id:
-        text = complete_sentences(text)
+    text = replier.text_of(replier.model.generate(source, GREEDY)[0].ids)
     return Pool(f, np.array([t in generated for t, _ in items]), text, true_reply, group, tuple(facts),
                 " ".join(t.text for t in turns[-2:]))
 

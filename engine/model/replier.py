@@ -182,12 +182,15 @@ class Replier:
                                                     else config.num_candidates))
                 for i, cands in zip(members, self.model.generate_batch([sources[i] for i in members], config)):
                     for cand in cands:
-                        text = self.codec.decode(list(cand.ids))
-                        if not cand.ids or cand.ids[-1] != self.model.eos_id:  # cut at the token limit
-                            text = complete_sentences(text)
+                        text = self.text_of(cand.ids)
                         if text and _WORD.search(text) and not TEMPLATE_SLOT.search(text) and text not in found[i]:
                             found[i][text] = cand.mean_logprob
         return [list(f.items()) for f in found]
+
+    def text_of(self, ids: Sequence[int]) -> str:
+        """A decoded candidate; one cut at the token limit (no end token) trimmed to its last complete sentence."""
+        text = self.codec.decode(list(ids))
+        return text if ids and ids[-1] == self.model.eos_id else complete_sentences(text)
 
     def shrink(self, config: GenerationConfig, sources: int) -> GenerationConfig:
         """``config`` with at most ``max_rows // sources`` (at least 1) decoding rows per source."""
