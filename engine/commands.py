@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from .feedback import rate_sent
 from .model.decoding import STYLES
 from .model.taste import describe
 from .safety import SafetyFilter
@@ -166,11 +167,9 @@ async def _forget(ctx: CommandContext, args: str) -> str:
 
 async def _rate(ctx: CommandContext, value: int) -> str:
     message_id = ctx.replied_to or await ctx.store.last_sent(ctx.ref)
-    text = await ctx.store.sent_text(ctx.ref, message_id) if message_id else None
-    if text is None:
+    if not message_id or not await rate_sent(ctx.store, ctx.ref, message_id, value):
         return ("I can't find that reply of mine any more (I keep them for a week, and only replies to you count). "
                 "Try it on a newer one.")
-    await ctx.store.set_reaction(ctx.ref, message_id, text, value)
     return ("Thanks! I'll give you more replies like that." if value > 0
             else "Thanks for telling me. I'll try to answer you differently.")
 

@@ -43,14 +43,20 @@ class FeedbackRecorder:
         """Store a reaction of the person the reply was for; False (ignored) for a message the bot no longer
         knows, someone else's reply, or an account the operator keeps out."""
         ref = UserRef(reaction.platform, reaction.user_id, reaction.chat_id)
-        used = False
-        if self.access.listed(ref.user, ref.chat) and not await self.store.is_blocked(ref.user):
-            text = await self.store.sent_text(ref, reaction.message_id)
-            if text is not None:
-                await self.store.set_reaction(await self.store.resolve(ref), reaction.message_id, text, reaction.value)
-                used = True
+        used = self.access.listed(ref.user, ref.chat) and not await self.store.is_blocked(ref.user) and \
+            await rate_sent(self.store, await self.store.resolve(ref), reaction.message_id, reaction.value)
         REACTIONS.labels(reaction.platform, "used" if used else "ignored").inc()
         return used
+
+
+async def rate_sent(store: Store, ref: UserRef, message_id: str, value: int) -> bool:
+    """Store ``ref``'s rating (+1, -1; 0 takes it back) of the reply the bot's message ``message_id`` carried;
+    False when that is no reply to ``ref`` the bot still knows."""
+    text = await store.sent_text(ref, message_id)
+    if text is None:
+        return False
+    await store.set_reaction(ref, message_id, text, value)
+    return True
 
 
 async def load_taste(store: Store, ref: UserRef, embed: Callable[[list[str]], np.ndarray],
