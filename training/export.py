@@ -43,7 +43,11 @@ PERSONA_LICENCE = ("Training data: Synthetic-Persona-Chat (Jandaghi et al. 2023,
 
 def load_checkpoint(path: Path) -> BartForConditionalGeneration:
     """The model stored in a training checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return model_from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def model_from_checkpoint(ckpt: dict) -> BartForConditionalGeneration:
+    """The model of a loaded training checkpoint."""
     model = BartForConditionalGeneration(BartConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()

@@ -156,11 +156,11 @@ def unpack_chat(shards_dir: Path, out: Path, base: Path | None = None) -> None:
     trained, meta = unpack(shards_dir, "chat")
     extra = {"budget": meta.get("budget") or {}, "persona_data": meta.get("persona_data")}
     if base:
-        from .export import load_checkpoint
-        model = load_checkpoint(base)
+        from .export import model_from_checkpoint
+        base_ckpt = torch.load(base, map_location="cpu", weights_only=False)
+        model = model_from_checkpoint(base_ckpt)
         model.load_state_dict(overlay(model.state_dict(), trained, as_sent_by_pack_init))
-        base_ckpt = torch.load(base, map_location="cpu", weights_only=False)  # prompt budget of shards packed without it
-        extra = {k: v or base_ckpt.get(k) for k, v in extra.items()}
+        extra = {k: v or base_ckpt.get(k) for k, v in extra.items()}  # shards packed without the prompt budget
     else:
         model = build_model(warm_start=True)
         model.load_state_dict(overlay(model.state_dict(), trained))
