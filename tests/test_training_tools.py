@@ -120,13 +120,37 @@ def test_ranker_freezes_all_but_the_top_layers():
 
 def test_ranker_valid_sets_are_fixed_and_fair():
     from training.data import Example
-    from training.ranker import valid_sets
+    from training.ranker import pairs_of, valid_sets
     exs = [Example(f"c{i}", 1, "a", "b", (f"context {i}",), f"reply {i % 7}") for i in range(50)]
-    sets = valid_sets(exs, 10)
-    assert sets == valid_sets(exs, 10)
+    exs.append(Example("c50", 0, "a", "b", (), "an opening has no context"))
+    pairs = pairs_of(exs)
+    assert len(pairs) == 50
+    sets = valid_sets(pairs, 10)
+    assert sets == valid_sets(pairs, 10)
     for context, options in sets:
         i = int(context.split()[-1])
         assert len(options) == 20 and options[0] == f"reply {i % 7}" and options[0] not in options[1:]
+
+
+def test_ranker_epoch_batches_keep_each_corpus_apart():
+    from training.ranker import epoch_batches
+    parts = [(0, 40, 40), (40, 1000, 24)]  # all 40 chit-chat pairs, 24 of the 1,000 persona pairs
+    batches = epoch_batches(parts, 8, seed=3)
+    assert batches == epoch_batches(parts, 8, seed=3) and batches != epoch_batches(parts, 8, seed=4)
+    assert len(batches) == 8 and all(len(b) == 8 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == 64 and set(range(40)) <= set(flat)
+    assert all(max(b) < 40 or min(b) >= 40 for b in batches)
+
+
+def test_ranker_persona_pairs_leave_out_template_slots():
+    from training.persona import PersonaConversation
+    from training.ranker import persona_pairs
+    conv = PersonaConversation("p1", (("i have a dog",), ("i am a nurse",)), 1,
+                               ("hi there", "hello, i'm [name]. what do you do?", "i walk my dog. you?", "i work nights"))
+    pairs = persona_pairs([conv])
+    assert pairs == [("hi there hello, i'm [name]. what do you do?", "i walk my dog. you?"),
+                     ("hello, i'm [name]. what do you do? i walk my dog. you?", "i work nights")]
 
 
 def _pool(i):
@@ -172,3 +196,35 @@ def test_dequantized_model_computes_what_the_int8_export_computes():
                     decoder_input_ids=torch.tensor(dec)).logits.numpy()
     assert np.abs(got - want).max() < 0.5
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_dequantized_ranker_computes_what_the_int8_encoder_computes(tmp_path):
+    """The shipped ranker rebuilt in fp32 (where ranker training continues) embeds like its int8 export:
+    int8 activations cost ~0.01 cosine on any CPU (export_report.json: 0.99 mean), while the pretrained
+    MiniLM it was fine-tuned from is 0.15-0.45 away on these texts."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+    from engine.config import DEFAULT_ENCODER
+    from engine.model.encoder import SentenceEncoder
+    from training.dequantize_encoder import rebuild
+    from training.modeling import minilm_dir
+    assert rebuild(DEFAULT_ENCODER, tmp_path) == 101  # 36 linear weights, 3 tables, 62 biases and norms
+    texts = ["i love my dog, he is a golden retriever", "what do you do for work?", "hi how are you",
+             "i work as a nurse at night"]
+    want = SentenceEncoder.from_dir(DEFAULT_ENCODER).embed(texts)
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tok.no_padding()
+
+    def vectors(folder) -> np.ndarray:
+        model = AutoModel.from_pretrained(str(folder)).eval()
+        out = []
+        with torch.no_grad():
+            for text in texts:
+                ids = torch.tensor([tok.encode(text).ids])
+                out.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.mean(1)[0])
+        return torch.nn.functional.normalize(torch.stack(out), dim=-1).numpy()
+
+    rebuilt = (vectors(tmp_path) * want).sum(1)
+    pretrained = (vectors(minilm_dir()) * want).sum(1)
+    assert rebuilt.min() > 0.95 and rebuilt.mean() > 0.97
+    assert (rebuilt - pretrained).min() > 0.1

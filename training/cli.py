@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | shards | eval-hybrid | reply-choice | dequantize."""
+"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder."""
 from __future__ import annotations
 
 import importlib
@@ -18,6 +18,7 @@ JOBS = {
     "reply-choice": ("training.reply_choice:main", "greedy vs hybrid replies (MMI, hubness, λ) on persona and chit-chat"),
     "filter-index": ("training.safe_data", "drop unsafe or personal replies from a reply index (in place)"),
     "dequantize": ("training.dequantize", "rebuild an fp32 PyTorch model from an int8 export (for benchmarks)"),
+    "dequantize-encoder": ("training.dequantize_encoder", "rebuild the ranker's fp32 weights from its int8 export"),
 }
 
 

@@ -2,12 +2,17 @@
 
     rapport-train train-ranker --run ~/.cache/rapport/runs/ranker --max-minutes 60
     rapport-train train-ranker --run /tmp/runs/ranker --device cuda --batch-size 256 --max-minutes 5
+    rapport-train train-ranker --run ~/.cache/rapport/runs/ranker-mix --persona-data ../shared/data/synthetic-persona-chat
 
 Context text = the last two turns (what the engine embeds); loss = cross-entropy over in-batch
 negatives of 20 x cosine (multiple-negatives ranking). Token embeddings and the lowest layers stay
-frozen (``--train-layers`` top layers train). Selection: Hits@1/20 on the valid split (19 random
-replies of the same split as distractors, fixed seed), measured after every epoch; the best
-model is written to ``<run>/best`` as a MiniLM-shaped folder that ``export-encoder --source`` takes.
+frozen (``--train-layers`` top layers train). ``--persona-data`` mixes Synthetic-Persona-Chat's training
+turns into every epoch (``--persona-share`` of the examples; turns with a template slot such as "[name]"
+are left out); each batch comes from one corpus, so its negatives are replies of the same kind.
+Selection: Hits@1/20 on the valid split (19 random replies of the same split as distractors, fixed
+seed), and with ``--persona-data`` the mean of that and the same on the persona valid half, measured
+every ``--eval-minutes`` and after every epoch; the best model is written to ``<run>/best`` as a
+MiniLM-shaped folder that ``export-encoder --source`` takes.
 """
 from __future__ import annotations
 
@@ -22,10 +27,13 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .data import DEFAULT_DATA, Example, load_splits
-from .examples import all_examples, context_text
+from engine.model.replier import TEMPLATE_SLOT, context_text
+
+from .data import DEFAULT_DATA, load_splits
+from .examples import all_examples
 from .metrics import draw_distractors
 from .modeling import copy_minilm_files, minilm_dir
+from .persona import load_persona_splits, persona_examples
 
 SCALE = 20.0
 MAX_CONTEXT_TOKENS, MAX_REPLY_TOKENS = 128, 64
@@ -44,14 +52,37 @@ def embed(model, ids: list[list[int]], device: str) -> torch.Tensor:
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
-def valid_sets(exs: list[Example], n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
-    """``n`` (context, [true reply, 19 distractors]) sets from ``exs``, fixed seed."""
+Pair = tuple[str, str]  # (context text, reply)
+
+
+def pairs_of(examples) -> list[Pair]:
+    """(last two turns, reply) of examples that have a context (chit-chat or persona examples)."""
+    return [(context_text(e.context), e.reply) for e in examples if e.context]
+
+
+def persona_pairs(convs) -> list[Pair]:
+    """Pairs of Synthetic-Persona-Chat conversations, without replies that carry a template slot."""
+    return [p for p in pairs_of(ex for c in convs for ex in persona_examples(c)) if not TEMPLATE_SLOT.search(p[1])]
+
+
+def valid_sets(pairs: list[Pair], n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """``n`` (context, [true reply, 19 distractors]) sets from ``pairs``, fixed seed."""
     rng = random.Random(seed)
-    pool = [e.reply for e in exs]
-    out = []
-    for ex in rng.sample(exs, min(n, len(exs))):
-        out.append((context_text(ex), [ex.reply, *draw_distractors(pool, ex.reply, rng)]))
-    return out
+    pool = [r for _, r in pairs]
+    return [(c, [r, *draw_distractors(pool, r, rng)]) for c, r in rng.sample(pairs, min(n, len(pairs)))]
+
+
+def epoch_batches(parts: list[tuple[int, int, int]], batch_size: int, seed: int) -> list[list[int]]:
+    """One epoch as batches of example indices. ``parts`` are (first index, count, take) per corpus:
+    ``take`` of its ``count`` examples are drawn; each batch holds one corpus, so its in-batch negatives
+    are replies of the same kind; the batches come in a random order (fixed by ``seed``)."""
+    rng = random.Random(seed)
+    batches = []
+    for start, count, take in parts:
+        picks = [start + i for i in rng.sample(range(count), min(take, count))]
+        batches += [picks[i: i + batch_size] for i in range(0, len(picks) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 @torch.no_grad()
@@ -83,13 +114,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="run folder (checkpoints, log, best/)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="output of `prepare`")
+    p.add_argument("--persona-data", type=Path, help="Synthetic-Persona-Chat folder to mix in (see above)")
+    p.add_argument("--persona-share", type=float, default=0.5, help="share of persona examples in an epoch")
+    p.add_argument("--init-from", type=Path, help="MiniLM-shaped folder to start from (default: the pretrained "
+                   "MiniLM; `dequantize-encoder` rebuilds the shipped ranker)")
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
     p.add_argument("--max-minutes", type=float, default=60.0)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--train-layers", type=int, default=3, help="top transformer layers that train")
-    p.add_argument("--valid-sets", type=int, default=1000, help="valid Hits@1/20 sets for model selection")
+    p.add_argument("--valid-sets", type=int, default=1000, help="valid Hits@1/20 sets per corpus for model selection")
+    p.add_argument("--eval-minutes", type=float, default=15.0, help="measure valid Hits@1 this often within an epoch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bf16", action="store_true")
@@ -109,15 +145,23 @@ def main(argv: list[str] | None = None) -> None:
     tok = Tokenizer.from_file(str(source / "tokenizer.json"))
     tok.no_padding()
     splits = load_splits(args.data)
-    train = [e for e in all_examples(splits["train"]) if e.context]
-    sets = valid_sets([e for e in all_examples(splits["valid"]) if e.context], args.valid_sets)
+    corpora = {"chitchat": (pairs_of(all_examples(splits["train"])), pairs_of(all_examples(splits["valid"])))}
+    if args.persona_data:
+        persona = load_persona_splits(args.persona_data)
+        corpora["persona"] = (persona_pairs(persona["train"]), persona_pairs(persona["valid"]))
+    train = [pair for tr, _ in corpora.values() for pair in tr]
+    sets = {name: valid_sets(va, args.valid_sets) for name, (_, va) in corpora.items()}
+    n_chat = len(corpora["chitchat"][0])
+    parts = [(0, n_chat, n_chat)]
+    if args.persona_data:
+        parts.append((n_chat, len(train) - n_chat, round(n_chat * args.persona_share / (1 - args.persona_share))))
     tok.enable_truncation(MAX_CONTEXT_TOKENS)
-    ctx_ids = [e.ids for e in tok.encode_batch([context_text(e) for e in train])]
+    ctx_ids = [e.ids for e in tok.encode_batch([c for c, _ in train])]
     tok.enable_truncation(MAX_REPLY_TOKENS)
-    rep_ids = [e.ids for e in tok.encode_batch([e.reply for e in train])]
+    rep_ids = [e.ids for e in tok.encode_batch([r for _, r in train])]
     tok.enable_truncation(MAX_CONTEXT_TOKENS)
 
-    model = AutoModel.from_pretrained(str(source), dtype=torch.float32).to(args.device)
+    model = AutoModel.from_pretrained(str(args.init_from or source), dtype=torch.float32).to(args.device)
     prefixes = freeze_lower(model, args.train_layers)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
@@ -128,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
     (args.run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
-    steps_per_epoch = len(train) // args.batch_size
+    steps_per_epoch = len(epoch_batches(parts, args.batch_size, 0))
     device_type = torch.device(args.device).type
 
     def log(record: dict) -> None:
@@ -141,33 +185,41 @@ def main(argv: list[str] | None = None) -> None:
                    args.run / "last.tmp")
         (args.run / "last.tmp").replace(args.run / "last.pt")
 
-    def save_best() -> None:
+    def save_best(per_corpus: dict[str, float]) -> None:
         best = args.run / "best"
         best.mkdir(exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(best / "model.safetensors"))
         copy_minilm_files(best)
         (best / "ranker.json").write_text(json.dumps(
-            {"trained_prefixes": prefixes, "valid_hits_at_1": state["best_hits"], "epoch": state["epoch"],
-             "step": state["step"], "seconds": round(state["seconds"]), "args": vars(args) | {
-                 "run": str(args.run), "data": str(args.data)}}, indent=2))
+            {"trained_prefixes": prefixes, "valid_hits_at_1": state["best_hits"], "valid_hits_at_1_by_corpus":
+             per_corpus, "epoch": state["epoch"], "step": state["step"], "seconds": round(state["seconds"]),
+             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=2))
 
+    def evaluate(note: str = "") -> None:
+        per_corpus = {name: hits_at_1(model, tok, s, args.device) for name, s in sets.items()}
+        hits = sum(per_corpus.values()) / len(per_corpus)
+        log({"epoch": state["epoch"], "step": state["step"], "seconds": round(state["seconds"]),
+             "valid_hits_at_1": round(hits, 4), "by_corpus": per_corpus, "loss": round(loss.item(), 4)}
+            | ({"note": note} if note else {}))
+        if hits > state["best_hits"]:
+            state["best_hits"] = hits
+            save_best(per_corpus)
+
+    loss = torch.zeros(())
     if state["step"] == 0:
-        state["best_hits"] = hits_at_1(model, tok, sets, args.device)
-        log({"epoch": 0, "step": 0, "valid_hits_at_1": state["best_hits"], "note": "zero-shot"})
-        save_best()
-    started, seconds_at_start, last_ckpt = time.time(), state["seconds"], time.time()
+        evaluate("zero-shot")
+    started, seconds_at_start = time.time(), state["seconds"]
+    last_ckpt = last_eval = time.time()
     total_steps = steps_per_epoch * args.epochs
     out_of_time = False
-    loss = torch.zeros(())
     model.train()
     while state["epoch"] < args.epochs and not out_of_time:
-        order = list(range(len(train)))
-        random.Random(args.seed * 1000 + state["epoch"]).shuffle(order)
+        batches = epoch_batches(parts, args.batch_size, args.seed * 1000 + state["epoch"])
         done_in_epoch = state["step"] - state["epoch"] * steps_per_epoch
         bar = tqdm(range(done_in_epoch, steps_per_epoch), desc=f"epoch {state['epoch']}", mininterval=10)
         for b in bar:
-            idx = order[b * args.batch_size: (b + 1) * args.batch_size]
+            idx = batches[b]
             frac = max(state["step"] / total_steps, (time.time() - started) / (args.max_minutes * 60))
             for g in optimizer.param_groups:
                 g["lr"] = args.lr * min(1.0, (state["step"] + 1) / 100) * max(0.0, 1.0 - frac)
@@ -189,14 +241,13 @@ def main(argv: list[str] | None = None) -> None:
                 last_ckpt = time.time()
             if out_of_time:
                 break
+            if time.time() - last_eval > args.eval_minutes * 60 and b + 1 < steps_per_epoch:
+                evaluate()
+                last_eval = time.time()
         else:
             state["epoch"] += 1
-        hits = hits_at_1(model, tok, sets, args.device)
-        log({"epoch": state["epoch"], "step": state["step"], "seconds": round(state["seconds"]),
-             "valid_hits_at_1": hits, "loss": round(loss.item(), 4)})
-        if hits > state["best_hits"]:
-            state["best_hits"] = hits
-            save_best()
+        evaluate()
+        last_eval = time.time()
         save_last()
     print(f"best valid Hits@1/20 {state['best_hits']:.3f} after {state['seconds'] / 60:.1f} minutes")
 
