@@ -120,15 +120,16 @@ def test_ranker_freezes_all_but_the_top_layers():
 
 def test_ranker_valid_sets_are_fixed_and_fair():
     from training.data import Example
-    from training.ranker import pairs_of, valid_sets
+    from training.ranker import pairs_of, ranking_sets
     exs = [Example(f"c{i}", 1, "a", "b", (f"context {i}",), f"reply {i % 7}") for i in range(50)]
     exs.append(Example("c50", 0, "a", "b", (), "an opening has no context"))
     pairs = pairs_of(exs)
     assert len(pairs) == 50
-    sets = valid_sets(pairs, 10)
-    assert sets == valid_sets(pairs, 10)
-    for context, options in sets:
+    sets = ranking_sets(pairs, 10)
+    assert sets == ranking_sets(pairs, 10) and sets != ranking_sets(pairs, 10, seed=1)
+    for conv, context, options in sets:
         i = int(context.split()[-1])
+        assert conv == f"c{i}"
         assert len(options) == 20 and options[0] == f"reply {i % 7}" and options[0] not in options[1:]
 
 
@@ -149,8 +150,8 @@ def test_ranker_persona_pairs_leave_out_template_slots():
     conv = PersonaConversation("p1", (("i have a dog",), ("i am a nurse",)), 1,
                                ("hi there", "hello, i'm [name]. what do you do?", "i walk my dog. you?", "i work nights"))
     pairs = persona_pairs([conv])
-    assert pairs == [("hi there hello, i'm [name]. what do you do?", "i walk my dog. you?"),
-                     ("hello, i'm [name]. what do you do? i walk my dog. you?", "i work nights")]
+    assert pairs == [("p1", "hi there hello, i'm [name]. what do you do?", "i walk my dog. you?"),
+                     ("p1", "hello, i'm [name]. what do you do? i walk my dog. you?", "i work nights")]
 
 
 def _pool(i):
@@ -228,3 +229,20 @@ def test_dequantized_ranker_computes_what_the_int8_encoder_computes(tmp_path):
     pretrained = (vectors(minilm_dir()) * want).sum(1)
     assert rebuilt.min() > 0.95 and rebuilt.mean() > 0.97
     assert (rebuilt - pretrained).min() > 0.1
+
+
+def test_ranker_eval_scores_sets_and_pairs_the_difference():
+    from engine.config import DEFAULT_ENCODER
+    from engine.model.encoder import SentenceEncoder
+    from training.ranker_eval import compare, set_hits
+    off_topic = ["the stock market fell today", "paint the fence blue", "the train leaves at noon",
+                 "my printer is out of ink", "tax forms are due in april"] * 4
+    sets = [("c1", "i just got a puppy! what should i name him?", ["congrats! how about max? puppies are so fun"]
+             + off_topic[:19]),
+            ("c2", "what is your favorite food?", ["i love pizza, especially with mushrooms"] + off_topic[1:20]),
+            ("c3", "the stock market fell today", ["hello there"] + ["the stock market fell today"] + off_topic[:18])]
+    encoder = SentenceEncoder.from_dir(DEFAULT_ENCODER)
+    assert set_hits(encoder, sets).tolist() == [1.0, 1.0, 0.0]  # the third set's truth loses to an echo
+    report = compare(encoder, encoder, {"toy": sets})["toy"]
+    assert report["candidate_minus_baseline"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert abs(report["baseline"]["value"] - 2 / 3) < 1e-9 and report["sets"] == 3

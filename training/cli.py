@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder."""
+"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder."""
 from __future__ import annotations
 
 import importlib
@@ -13,6 +13,7 @@ JOBS = {
     "fixtures": ("training.fixtures", "write the tiny BART and T5 test fixtures"),
     "build-index": ("training.build_index", "build the retrieval index of real replies"),
     "train-ranker": ("training.ranker", "fine-tune MiniLM as the reply ranker (bi-encoder)"),
+    "ranker-eval": ("training.ranker_eval", "compare two ranker exports: Hits@1/20 on the held-out splits"),
     "shards": ("training.shards", "pack/unpack trained weights as small fp16 shards"),
     "eval-hybrid": ("training.hybrid:eval_main", "evaluate generator / retrieval / hybrid replies and the ranker"),
     "reply-choice": ("training.reply_choice:main", "greedy vs hybrid replies (MMI, hubness, λ) on persona and chit-chat"),

