@@ -12,7 +12,8 @@ from bots.telegram import TelegramAdapter
 from engine.engine import Engine
 from engine.feedback import reaction_value
 from engine.model.taste import Taste, describe, style_features
-from engine.state.store import FEEDBACK_KEPT, UserRef
+from engine.state.reactions import FEEDBACK_KEPT
+from engine.state.store import UserRef
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.telegram_api import FakeTelegramAPI
 
@@ -20,6 +21,16 @@ from tests.fakes.telegram_api import FakeTelegramAPI
 def unit(v):
     v = np.asarray(v, dtype=np.float32)
     return v / np.linalg.norm(v)
+
+
+async def until_recorded(store, ref: UserRef) -> None:
+    """Wait until the adapter has recorded which message carried the bot's reply (it does so right after
+    the platform confirms the send, so a test's reaction could otherwise race it)."""
+    for _ in range(100):
+        if await store.last_sent(ref):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the sent reply was never recorded")
 
 
 def test_emoji_meaning():
@@ -140,8 +151,9 @@ async def test_telegram_reactions_reach_the_users_ranking(settings, replier, mon
                 api.push_message(7, 7, "hi! i love hiking in the mountains")
                 sent = await api.wait_sent(1)
                 assert "message_reaction" in api.allowed_updates
-                api.push_reaction(7, 7, sent[0]["message"]["message_id"], ["👍"])
                 ref = UserRef("telegram", "7", "7")
+                await until_recorded(engine.store, ref)
+                api.push_reaction(7, 7, sent[0]["message"]["message_id"], ["👍"])
                 for _ in range(100):
                     if await engine.store.reactions(ref):
                         break
@@ -176,8 +188,9 @@ async def test_discord_reactions_reach_the_users_ranking(settings, replier, monk
             try:
                 await fake.message(3, "hey, i play the guitar in a band")
                 sent = await fake.wait_sent(1)
-                await fake.reaction(3, sent[0]["message"], "👎")
                 ref = UserRef("discord", "3", str(50_003))
+                await until_recorded(engine.store, ref)
+                await fake.reaction(3, sent[0]["message"], "👎")
                 for _ in range(100):
                     if await engine.store.reactions(ref):
                         break

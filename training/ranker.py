@@ -87,14 +87,15 @@ def epoch_batches(parts: list[tuple[int, int, int]], batch_size: int, seed: int)
 
 
 @torch.no_grad()
-def hits_at_1(model, tok: Tokenizer, sets: list[RankingSet], device: str) -> float:
-    """Share of sets whose true reply (first option) scores highest."""
+def hits_at_1(model, tok: Tokenizer, sets: list[RankingSet], device: str, bf16: bool = False) -> float:
+    """Share of sets whose true reply (first option) scores highest (``bf16``: under autocast, as trained)."""
     model.eval()
     hits = 0
     for start in range(0, len(sets), 16):
         chunk = sets[start: start + 16]
-        ctx = embed(model, [e.ids for e in tok.encode_batch([c for _, c, _ in chunk])], device)
-        opts = embed(model, [e.ids for e in tok.encode_batch([o for _, _, os in chunk for o in os])], device)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            ctx = embed(model, [e.ids for e in tok.encode_batch([c for _, c, _ in chunk])], device)
+            opts = embed(model, [e.ids for e in tok.encode_batch([o for _, _, os in chunk for o in os])], device)
         scores = torch.einsum("bd,bkd->bk", ctx, opts.view(len(chunk), 20, -1))
         hits += int((scores.argmax(1) == 0).sum())
     model.train()
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=2))
 
     def evaluate(note: str = "") -> None:
-        per_corpus = {name: hits_at_1(model, tok, s, args.device) for name, s in sets.items()}
+        per_corpus = {name: hits_at_1(model, tok, s, args.device, args.bf16) for name, s in sets.items()}
         hits = sum(per_corpus.values()) / len(per_corpus)
         log({"epoch": state["epoch"], "step": state["step"], "seconds": round(state["seconds"]),
              "valid_hits_at_1": round(hits, 4), "by_corpus": per_corpus, "loss": round(loss.item(), 4)}

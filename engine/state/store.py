@@ -50,11 +50,11 @@ from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..metrics import REDIS_ROUNDTRIP
+from .reactions import ReactionKeys
 
 DEDUPE_TTL_S = 86400
 CONFIRM_TTL_S = 120
 LATENCIES_KEPT = 1000
-FEEDBACK_KEPT = 200
 # Sliding-window rate limit: drop entries older than the window, admit if fewer than the limit remain.
 _RATE = """
 local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -160,8 +160,9 @@ class Store(Protocol):
     def user_lock(self, ref: UserRef, timeout_s: float) -> "AsyncIterator[None]": ...
 
 
-class RedisStore:
-    """:class:`Store` on any Redis-protocol server (Redis, Valkey)."""
+class RedisStore(ReactionKeys):
+    """:class:`Store` on any Redis-protocol server (Redis, Valkey); the reaction keys live in
+    :class:`ReactionKeys` (engine/state/reactions.py)."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "rapport", history_turns: int = 20,
                  history_tokens: int = 1000, history_ttl_s: int = 7 * 86400, profile_ttl_s: int = 365 * 86400):
@@ -308,65 +309,6 @@ class RedisStore:
                                  for r in (await self.reactions(ref)).values()), key=lambda r: r["ts"]),
             "history": histories,
         }
-
-    # --- reactions to the bot's replies ----------------------------------------------------------------
-    async def remember_sent(self, ref: UserRef, message_ids: list[str], text: str) -> None:
-        """Remember that the platform messages ``message_ids`` carried the reply ``text`` to ``ref``."""
-        record = json.dumps({"text": text, "ts": time.time()}, ensure_ascii=False)
-        pipe = self.r.pipeline(transaction=True)
-        for mid in message_ids:
-            pipe.set(self.key("sent", ref.user, ref.chat, mid), record, ex=self.history_ttl_s)
-        if message_ids:
-            pipe.set(self.key("lastsent", ref.user, ref.chat), message_ids[-1], ex=self.history_ttl_s)
-        await pipe.execute()
-
-    async def last_sent(self, ref: UserRef) -> str | None:
-        """The id of the bot's latest reply to ``ref`` in its chat (None when it has expired)."""
-        mid = await self.r.get(self.key("lastsent", ref.user, ref.chat))
-        return mid.decode() if mid else None
-
-    async def sent_text(self, ref: UserRef, message_id: str) -> str | None:
-        """The reply the bot's message ``message_id`` carried to ``ref``, or None (expired, or not a reply to them)."""
-        raw = await self.r.get(self.key("sent", ref.user, ref.chat, message_id))
-        return json.loads(raw)["text"] if raw else None
-
-    async def set_reaction(self, ref: UserRef, message_id: str, text: str, value: int) -> None:
-        """Store ``ref``'s reaction (+1 / -1) to the reply ``text`` in message ``message_id``; 0 removes it.
-        Only the latest FEEDBACK_KEPT reactions are kept."""
-        field_name = f"{ref.chat}/{message_id}"
-        fb, vec = self.key("fb", ref.owner), self.key("fbvec", ref.owner)
-        if value == 0:
-            await self.r.hdel(fb, field_name)
-            await self.r.hdel(vec, field_name)
-            return
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(fb, field_name, json.dumps({"text": text, "value": value, "ts": time.time()}, ensure_ascii=False))
-        pipe.expire(fb, self.profile_ttl_s)
-        await pipe.execute()
-        if await self.r.hlen(fb) > FEEDBACK_KEPT:
-            records = await self.reactions(ref)
-            oldest = sorted(records, key=lambda k: records[k]["ts"])[: len(records) - FEEDBACK_KEPT]
-            await self.r.hdel(fb, *oldest)
-            await self.r.hdel(vec, *oldest)
-
-    async def reactions(self, ref: UserRef) -> dict[str, dict]:
-        """``ref``'s reactions: {"chat/message": {"text", "value", "ts"}}."""
-        raw = await self.r.hgetall(self.key("fb", ref.owner))
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
-
-    async def reaction_vectors(self, ref: UserRef) -> dict[str, np.ndarray]:
-        """The stored embeddings of the replies ``ref`` reacted to (some may not be computed yet)."""
-        raw = await self.r.hgetall(self.key("fbvec", ref.owner))
-        return {k.decode(): np.frombuffer(v, dtype=np.float32).copy() for k, v in raw.items()}
-
-    async def set_reaction_vectors(self, ref: UserRef, vectors: dict[str, np.ndarray]) -> None:
-        """Store embeddings of replies ``ref`` reacted to."""
-        if not vectors:
-            return
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.key("fbvec", ref.owner), mapping={k: v.astype(np.float32).tobytes() for k, v in vectors.items()})
-        pipe.expire(self.key("fbvec", ref.owner), self.profile_ttl_s)
-        await pipe.execute()
 
     async def ask_confirmation(self, ref: UserRef) -> None:
         """Remember for CONFIRM_TTL_S seconds that ``ref`` asked to /forget."""
