@@ -180,15 +180,9 @@ def like_rate(reactions: np.ndarray, first: int, last: int) -> np.ndarray:
 
 
 def ratio_ci(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[float]:
-    """mean(a) / mean(b) with a bootstrap 95% interval over users (paired)."""
-    rng = np.random.default_rng(seed)
-    idx = np.arange(len(a))
-    stats = []
-    for _ in range(1000):
-        pick = rng.choice(idx, len(idx))
-        stats.append(a[pick].mean() / max(b[pick].mean(), 1e-9))
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return [float(a.mean() / max(b.mean(), 1e-9)), float(low), float(high)]
+    """mean(a) / mean(b) with a bootstrap 95% interval over users (paired: user i gives a[i] and b[i])."""
+    return list(bootstrap_ci(np.stack([a, b], 1), [str(i) for i in range(len(a))], seed=seed,
+                             statistic=lambda v: v[:, 0].mean() / max(v[:, 1].mean(), 1e-9)))
 
 
 def tune(replier: Replier, pools: list[OpeningPool], users: list[SimulatedUser]) -> tuple[TasteSettings, list[dict]]:

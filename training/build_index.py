@@ -1,12 +1,15 @@
 """Build the retrieval index of real replies from the training split.
 
     rapport-train build-index --out exported_models/ccc-reply-index
+    rapport-train build-index --out exported_models/ccc-reply-index --reembed   # after a new ranker
 
 Replies are deduplicated (case and spacing), filtered (2-30 words; no URLs, e-mail addresses,
 phone numbers or @handles; nothing the engine's output filter drops, see ``training/safe_data.py``) and sampled with a fixed seed; vectors come from the engine's own
 sentence encoder so the index and the encoder always match (the sha256 of the encoder is recorded).
 The index also keeps a fixed sample of training contexts (``contexts.npy``: half chit-chat, half
-Synthetic-Persona-Chat) for the ranker's hubness correction; ``--contexts-only`` adds it to an index.
+Synthetic-Persona-Chat) for the ranker's hubness correction. ``--reembed`` keeps the replies of the index
+in ``--out`` (and what ``filter-index`` removed) and computes its vectors and contexts again with
+``--encoder``: the index to ship with a newly trained ranker.
 """
 from __future__ import annotations
 
@@ -65,19 +68,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--size", type=int, default=30000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--contexts-only", action="store_true", help="add the context sample to the index in --out")
+    p.add_argument("--reembed", action="store_true", help="same replies as the index in --out, vectors from --encoder")
     args = p.parse_args(argv)
     encoder = SentenceEncoder.from_dir(args.encoder)
     contexts = ReplyIndex.quantize(encoder.embed(context_sample(args.data, seed=args.seed), batch_size=64))
-    if args.contexts_only:
-        index = ReplyIndex.load(args.out, args.encoder / "model.onnx")
-        ReplyIndex(index.vectors, index.replies, {**index.meta, "contexts": len(contexts)}, contexts).save(args.out)
-        print(f"added {len(contexts)} contexts to {args.out}")
-        return
-    replies = candidate_replies(args.data, args.size, args.seed)
+    old_meta: dict = {}
+    if args.reembed:
+        old_meta = json.loads((args.out / "index_meta.json").read_text())
+        replies = json.loads((args.out / "replies.json").read_text())
+    else:
+        replies = candidate_replies(args.data, args.size, args.seed)
     vectors = ReplyIndex.quantize(encoder.embed(replies, batch_size=64))
     name = json.loads((args.encoder / "encoder_config.json").read_text())["name"]
-    meta = {"encoder": name, "encoder_sha256": file_sha256(args.encoder / "model.onnx"),
+    meta = {**old_meta, "encoder": name, "encoder_sha256": file_sha256(args.encoder / "model.onnx"),
             "size": len(replies), "source": "chitchat-dataset train split", "seed": args.seed,
             "contexts": len(contexts)}
     ReplyIndex(vectors, replies, meta, contexts).save(args.out)

@@ -102,6 +102,14 @@ def hits_at_1(model, tok: Tokenizer, sets: list[RankingSet], device: str, bf16: 
     return hits / len(sets)
 
 
+def lineage(init_from: Path | None) -> dict | None:
+    """What training started from: the record of the ranker that ``dequantize-encoder`` rebuilt, if any."""
+    if init_from is None:
+        return None
+    record = init_from / "dequantized_from.json"
+    return json.loads(record.read_text()) if record.exists() else {"folder": str(init_from)}
+
+
 def freeze_lower(model, train_layers: int) -> list[str]:
     """Freeze embeddings and all but the top ``train_layers`` layers; return the trained name prefixes."""
     n = model.config.num_hidden_layers
@@ -196,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         (best / "ranker.json").write_text(json.dumps(
             {"trained_prefixes": prefixes, "valid_hits_at_1": state["best_hits"], "valid_hits_at_1_by_corpus":
              per_corpus, "epoch": state["epoch"], "step": state["step"], "seconds": round(state["seconds"]),
-             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=2))
+             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+             "started_from": lineage(args.init_from)}, indent=2))
 
     def evaluate(note: str = "") -> None:
         per_corpus = {name: hits_at_1(model, tok, s, args.device, args.bf16) for name, s in sets.items()}
