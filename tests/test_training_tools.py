@@ -209,6 +209,7 @@ def test_dequantized_ranker_computes_what_the_int8_encoder_computes(tmp_path):
     from engine.model.encoder import SentenceEncoder
     from training.dequantize_encoder import rebuild
     from training.modeling import minilm_dir
+    from training.ranker import embed
     assert rebuild(DEFAULT_ENCODER, tmp_path) == 101  # 36 linear weights, 3 tables, 62 biases and norms
     texts = ["i love my dog, he is a golden retriever", "what do you do for work?", "hi how are you",
              "i work as a nurse at night"]
@@ -216,14 +217,10 @@ def test_dequantized_ranker_computes_what_the_int8_encoder_computes(tmp_path):
     tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     tok.no_padding()
 
-    def vectors(folder) -> np.ndarray:
-        model = AutoModel.from_pretrained(str(folder)).eval()
-        out = []
+    def vectors(folder) -> np.ndarray:  # the training code's own pooling (train-ranker's embed)
         with torch.no_grad():
-            for text in texts:
-                ids = torch.tensor([tok.encode(text).ids])
-                out.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.mean(1)[0])
-        return torch.nn.functional.normalize(torch.stack(out), dim=-1).numpy()
+            return embed(AutoModel.from_pretrained(str(folder)).eval(), [e.ids for e in tok.encode_batch(texts)],
+                         "cpu").numpy()
 
     rebuilt = (vectors(tmp_path) * want).sum(1)
     pretrained = (vectors(minilm_dir()) * want).sum(1)
