@@ -4,14 +4,16 @@ Load and fault tests run reduced by default; RAPPORT_FULL_LOAD=1 runs the full s
 messages) of the load test.
 """
 import asyncio
+import json
 import os
 import signal
 import sys
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 
+from bench.split_restarts import awaits
 from bots.fake import FakeAdapter
 from bots.settings import TelegramSettings
 from bots.telegram import TelegramAdapter
@@ -19,7 +21,8 @@ from engine.config import ConfigError
 from engine.engine import Engine
 from engine.state.redis_server import EmbeddedRedis, free_port
 from engine.state.store import UserRef
-from engine.split.gateway import SLOW, StreamGateway
+from engine.messages import OutgoingMessage
+from engine.split.gateway import PENDING_CHECK_S, SLOW, StreamGateway
 from engine.split.worker import StreamWorker
 from tests.fakes.telegram_api import FakeTelegramAPI
 
@@ -64,6 +67,34 @@ async def stream_is_drained(gateway: StreamGateway) -> None:
     assert await r.xlen(gateway.out_stream) == 0
 
 
+async def stream_state(gateway: StreamGateway, crew: list[StreamWorker]) -> str:
+    """Where the messages stand, for a test that timed out: the streams, the pending entries, what each
+    worker holds and where its tasks wait."""
+    r, p = gateway.r, gateway.settings.key_prefix
+    lines = [f"in: {await r.xlen(f'{p}:in')} entries; out: {await r.xlen(gateway.out_stream)}; "
+             f"gateway waits for {len(gateway._waiting)} replies; its reader: {gateway._reader!r}"]
+    for e in await r.xpending_range(f"{p}:in", "workers", "-", "+", 100):
+        entry = await r.xrange(f"{p}:in", e["message_id"], e["message_id"])
+        fields = entry[0][1] if entry else {}
+        user = json.loads(fields[b"msg"])["user_id"] if fields else "(deleted)"
+        lines.append(f"pending {e['message_id']!r} ({user} #{fields.get(b'seq', b'?').decode()}) at "
+                     f"{e['consumer']!r}, idle {e['time_since_delivered']} ms, {e['times_delivered']} deliveries")
+    for w in crew:
+        lines.append(f"worker {w.name}: answered {w.answered}, reclaimed {w.reclaimed}, holds {list(w._inflight)}")
+    lines += ["tasks and where they wait:"] + [f"  {awaits(task)}" for task in asyncio.all_tasks()]
+    return "\n".join(lines)
+
+
+async def answered_within(talks, timeout: float, gateway: StreamGateway, crew: list[StreamWorker]):
+    """``talks``' results, or a failure that says where the messages stand after ``timeout`` s."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(talks), timeout)
+    except TimeoutError:
+        state = await stream_state(gateway, crew)
+        talks.cancel()
+        pytest.fail(f"not every message was answered in {timeout:.0f} s:\n{state}")
+
+
 async def converse(bot: FakeAdapter, k: int, messages: int) -> tuple[str, list[str], list]:
     """User k states a name, sends numbered messages, asks for the name: all at once (order is the system's job)."""
     uid = f"user{k}"
@@ -79,8 +110,8 @@ async def test_many_users_through_two_workers_each_answered_once_in_order(split_
     split_settings = replace(split_settings, reply_timeout_s=3600, claim_idle_s=30.0)
     async with workers(split_settings, replier, 2) as crew, StreamGateway.from_settings(split_settings) as gateway:
         bot = FakeAdapter(gateway)
-        results = await asyncio.wait_for(asyncio.gather(*(converse(bot, k, messages) for k in range(users))),
-                                         timeout=3000 if FULL else 600)
+        talks = asyncio.gather(*(converse(bot, k, messages) for k in range(users)))
+        results = await answered_within(talks, 3000 if FULL else 600, gateway, crew)
         for k, (uid, texts, outs) in enumerate(results):
             assert all(o.user_id == uid and o.chat_id == uid for o in outs)
             assert all(o.kind in ("reply", "command") for o in outs), [(o.kind, o.text) for o in outs]
@@ -118,7 +149,7 @@ async def test_a_killed_worker_loses_nothing(split_settings, replier):
         doomed.send_signal(signal.SIGKILL)
         await doomed.wait()
         async with workers(split_settings, replier, 1) as crew:
-            results = await asyncio.wait_for(talks, timeout=300)
+            results = await answered_within(talks, 300, gateway, crew)
         assert crew[0].reclaimed >= 1
         for k, (uid, texts, outs) in enumerate(results):
             assert outs[-1].text == f"Your name is Person{k}." and SLOW not in [o.text for o in outs]
@@ -130,14 +161,14 @@ async def test_redis_restart_mid_run_loses_nothing(tmp_path, split_settings, rep
     server = EmbeddedRedis(tmp_path / "redis", persist=True).start()
     settings = replace(split_settings, redis_url=server.url)
     try:
-        async with workers(settings, replier, 1), StreamGateway.from_settings(settings) as gateway:
+        async with workers(settings, replier, 1) as crew, StreamGateway.from_settings(settings) as gateway:
             bot = FakeAdapter(gateway)
             talks = asyncio.gather(*(converse(bot, k, 3) for k in range(4)))
             await asyncio.sleep(1.0)
             server.stop()  # a normal restart: the server writes its data before it exits
             await asyncio.sleep(1.0)
             server.start()
-            results = await asyncio.wait_for(talks, timeout=300)
+            results = await answered_within(talks, 300, gateway, crew)
             for k, (uid, texts, outs) in enumerate(results):
                 assert outs[-1].text == f"Your name is Person{k}."
                 assert all(o.kind in ("reply", "command") for o in outs), [o.text for o in outs]
@@ -145,6 +176,26 @@ async def test_redis_restart_mid_run_loses_nothing(tmp_path, split_settings, rep
             await stream_is_drained(gateway)
     finally:
         server.stop()
+
+
+async def test_a_reply_left_pending_by_a_dropped_read_still_reaches_the_user(split_settings):
+    """A read that took a reply from Redis but whose answer never came back (the connection dropped: a Redis
+    restart) leaves the reply pending at this gateway, where no new read (">") finds it. The reader's
+    periodic look at its own pending entries delivers it."""
+    delivered = asyncio.Queue()
+    async with StreamGateway.from_settings(split_settings, late_reply=delivered.put) as gateway:
+        first = OutgoingMessage("fake", "u1", "u1", "a reply read as usual")
+        await gateway.r.xadd(gateway.out_stream, {"req": "late", "reply": json.dumps(asdict(first))})
+        assert await asyncio.wait_for(delivered.get(), 10) == first  # the reader waits for new replies now
+        out = OutgoingMessage("fake", "u1", "u1", "the reply a dropped read took")
+        async with gateway.r.pipeline(transaction=True) as pipe:  # taken as the gateway, before its reader can
+            pipe.xadd(gateway.out_stream, {"req": "lost", "reply": json.dumps(asdict(out))})
+            pipe.xreadgroup("gateways", gateway.id, {gateway.out_stream: ">"})
+            _, taken = await pipe.execute()
+        assert taken and len(taken[0][1]) == 1
+        assert await asyncio.wait_for(delivered.get(), 3 * PENDING_CHECK_S) == out
+        await asyncio.sleep(0.2)
+        assert await gateway.r.xlen(gateway.out_stream) == 0
 
 
 async def test_unreachable_redis_is_a_clear_error(split_settings, tmp_path):

@@ -58,7 +58,14 @@ class InferenceBatcher:
             batch = [(req, fut) for req, fut in batch if not fut.done()]  # skip cancelled callers
             if not batch:
                 continue
-            results = await loop.run_in_executor(self._executor, self._run, [req for req, _ in batch])
+            try:
+                results = await loop.run_in_executor(self._executor, self._run, [req for req, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:  # e.g. the engine stopped (executor shut down): no caller waits forever
+                results = [RuntimeError(f"the reply could not be computed ({type(exc).__name__})")] * len(batch)
             for (_, future), result in zip(batch, results):
                 if future.done():
                     continue

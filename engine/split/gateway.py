@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from dataclasses import asdict
 from typing import Awaitable, Callable
@@ -20,6 +21,7 @@ from ..state.store import RedisStore, UserRef
 from .common import DAY_S, GATEWAYS_GROUP, WEEK_S, WORKERS_GROUP, default_id, ensure_group, log, split_client
 
 START_TIMEOUT_S = 5.0  # how long start() waits for Redis before it says it cannot reach it
+PENDING_CHECK_S = 5.0  # how often the reply reader looks for replies a dropped read left pending
 SLOW = "Sorry, I'm answering slowly right now. Your message is kept; my reply will follow."
 LateReply = Callable[[OutgoingMessage], Awaitable[None]]
 
@@ -127,25 +129,42 @@ class StreamGateway:
         return bool(await self.r.ping()) and self._reader is not None and not self._reader.done()
 
     async def _read_replies(self) -> None:
-        start = "0"  # "0": first what this gateway had not acknowledged before a restart
+        """Resolve the replies of ``P:out:G``. It reads this gateway's own pending entries ("0") at start
+        and every PENDING_CHECK_S: replies a read took from Redis whose answer never arrived (the connection
+        dropped mid-read, e.g. a Redis restart) would otherwise wait there for ever."""
+        start, checked = "0", time.monotonic()
         while not self._closing:
             try:
                 batches = await self.r.xreadgroup(GATEWAYS_GROUP, self.id, {self.out_stream: start},
                                                   count=100, block=1000)
                 entries = batches[0][1] if batches else []
                 if start == "0" and not entries:
-                    start = ">"
+                    start, checked = ">", time.monotonic()
+                elif start == ">" and time.monotonic() - checked > PENDING_CHECK_S:
+                    start = "0"
                 for entry_id, fields in entries:
-                    await self._resolve(fields)
+                    if fields:  # an entry trimmed from the stream while pending has no fields left
+                        await self._resolve(fields)
                     await self.r.xack(self.out_stream, GATEWAYS_GROUP, entry_id)
                     await self.r.xdel(self.out_stream, entry_id)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
-                    raise
+                    log.error("reading replies failed (%s); retrying", exc)
+                    await asyncio.sleep(1.0)
+                    continue
                 await ensure_group(self.r, self.out_stream, GATEWAYS_GROUP)  # Redis came back empty
+            except Exception as exc:  # the reader must outlive any one failure, or every reply would wait
+                if self._closing:
+                    return
+                log.error("reading replies failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def _resolve(self, fields: dict) -> None:
-        out = OutgoingMessage(**json.loads(fields[b"reply"]))
+        try:
+            out = OutgoingMessage(**json.loads(fields[b"reply"]))
+        except (KeyError, ValueError, TypeError):
+            log.error("dropping a malformed reply entry")
+            return
         future = self._waiting.pop(fields[b"req"].decode(), None)
         if future is not None and not future.done():
             future.set_result(out)

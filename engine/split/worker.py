@@ -69,8 +69,9 @@ class StreamWorker:
                 for entry_id, fields in (batches[0][1] if batches else []):
                     self._spawn(entry_id, fields)
         finally:
-            for task in helpers:
+            for task in helpers:  # they also stop on ``stop`` (redis-py can lose a cancellation)
                 task.cancel()
+            await asyncio.wait(helpers, timeout=self.settings.claim_idle_s)
             if self._inflight:
                 await asyncio.wait(list(self._inflight.values()), timeout=self.settings.lock_timeout_s)
             await self.r.aclose()
@@ -80,7 +81,13 @@ class StreamWorker:
             return
         task = asyncio.create_task(self._process(entry_id, fields))
         self._inflight[entry_id] = task
-        task.add_done_callback(lambda _: self._inflight.pop(entry_id, None))
+        task.add_done_callback(lambda done: self._finished(entry_id, done))
+
+    def _finished(self, entry_id: bytes, task: asyncio.Task) -> None:
+        self._inflight.pop(entry_id, None)
+        if not task.cancelled() and task.exception() is not None:  # the entry stays pending: reclaimed later
+            log.error("worker %s could not answer entry %s (%s); it will be retried", self.name, entry_id,
+                      type(task.exception()).__name__)
 
     async def _process(self, entry_id: bytes, fields: dict) -> None:
         try:
@@ -135,8 +142,8 @@ class StreamWorker:
                         self._spawn(entry_id, fields)
                     if cursor in (b"0-0", "0-0"):
                         break
-            except ResponseError as exc:
-                log.warning("reclaiming pending entries failed (%s); will retry", exc)
+            except Exception as exc:  # this loop must outlive any one failure, or entries could stay pending
+                log.warning("reclaiming pending entries failed (%s); will retry", type(exc).__name__)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Keep this worker's entries in hand from looking idle (so nobody reclaims a slow reply); update
@@ -146,11 +153,7 @@ class StreamWorker:
             try:
                 SPLIT_QUEUE.set(await self.r.xlen(self.in_stream))
                 SPLIT_PENDING.set((await self.r.xpending(self.in_stream, WORKERS_GROUP))["pending"])
-            except ResponseError:  # the group is being recreated (Redis came back empty)
-                pass
-            ids = list(self._inflight)
-            if ids:
-                try:
+                if ids := list(self._inflight):
                     await self.r.xclaim(self.in_stream, WORKERS_GROUP, self.name, 0, ids, justid=True)
-                except ResponseError as exc:
-                    log.warning("refreshing entries in hand failed (%s)", exc)
+            except Exception as exc:  # e.g. the group is being recreated (Redis came back empty)
+                log.warning("refreshing entries in hand failed (%s); will retry", type(exc).__name__)

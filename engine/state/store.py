@@ -115,6 +115,15 @@ def connect(url: str, max_connections: int = 64, retries: int = 3) -> aioredis.R
     return aioredis.Redis(connection_pool=pool)
 
 
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Whether ``event`` is set within ``seconds``."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 class LockTimeout(RuntimeError):
     """Another reply to the same user is still running after the lock timeout."""
 
@@ -445,16 +454,20 @@ class RedisStore(ReactionKeys):
         if not await lock.acquire():
             raise LockTimeout(f"user {ref.user} is still locked after {timeout_s} s")
 
+        done = asyncio.Event()
+
         async def renew() -> None:
-            while True:
-                await asyncio.sleep(timeout_s / 3)
+            while not await _set_within(done, timeout_s / 3):
                 await lock.reacquire()
 
         renewing = asyncio.create_task(renew())
         try:
             yield
         finally:
-            renewing.cancel()
+            # stopped by the event, not by cancelling: a cancellation that reaches redis-py while it
+            # retries a command during a Redis restart can be lost, and the renewer would then run (and
+            # this block wait for it) for ever, holding the user
+            done.set()
             await asyncio.gather(renewing, return_exceptions=True)
             with suppress(LockError):  # lost while held (Redis restarted empty): someone else may own it now
                 await lock.release()
