@@ -41,7 +41,7 @@ class TasteSettings:
     """How strongly reactions move the ranking: chosen on the validation half's simulated users by
     ``python -m bench.feedback --tune`` (like-rate of turns 6-30; the grid's top settings are within 0.01)."""
 
-    beta: float = 2.0  # weight of the liked-minus-disliked embedding direction in R_u
+    beta: float = 1.0  # weight of the liked-minus-disliked embedding direction in R_u
     gamma: float = 4.0  # weight of the style part, in R_u and in I_c
     max_weight: float = 8.0  # λ_u as the number of reactions grows
     half_at: float = 4.0  # reactions at which λ_u is halfway from λ to max_weight
