@@ -24,9 +24,16 @@ CHECK_TIMEOUT_S = 2.0
 
 
 async def _passes(check: Check) -> bool:
-    """The check's answer; False when it raises or takes longer than CHECK_TIMEOUT_S."""
+    """The check's answer; False when it raises or takes longer than CHECK_TIMEOUT_S. A late check is
+    cancelled but not waited for: redis-py can lose a cancellation, and the probe must answer anyway."""
+    task = asyncio.ensure_future(check())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a late failure is not logged as unseen
+    done, _ = await asyncio.wait({task}, timeout=CHECK_TIMEOUT_S)
+    if not done:
+        task.cancel()
+        return False
     try:
-        return bool(await asyncio.wait_for(check(), CHECK_TIMEOUT_S))
+        return bool(task.result())
     except Exception:  # a failing check means "not ready", whatever the reason
         return False
 
