@@ -464,9 +464,9 @@ class RedisStore(ReactionKeys):
         try:
             yield
         finally:
-            # stopped by the event, not by cancelling: a cancellation that reaches redis-py while it
-            # retries a command during a Redis restart can be lost, and the renewer would then run (and
-            # this block wait for it) for ever, holding the user
+            # stopped by the event, not by cancelling: redis-py can lose a cancellation that arrives
+            # mid-command (seen under load, with or without a Redis restart), and the renewer would then
+            # run (and this block wait for it) for ever, holding the user
             done.set()
             await asyncio.gather(renewing, return_exceptions=True)
             with suppress(LockError):  # lost while held (Redis restarted empty): someone else may own it now
