@@ -47,9 +47,14 @@ def awaits(task: asyncio.Task) -> str:
     return " > ".join(chain)
 
 
+def conversation(k: int, messages: int) -> list[str]:
+    """User k's ``messages`` messages: a name, numbered messages, then "what's my name?"."""
+    return [f"my name is Person{k}"] + [f"message {i} from user {k}" for i in range(messages - 2)] + ["what's my name?"]
+
+
 async def talk(bot: FakeAdapter, k: int, messages: int) -> bool:
     """User k's messages, all at once; True when each got a reply and the last one knows the name."""
-    texts = [f"my name is Person{k}"] + [f"message {i} from user {k}" for i in range(messages - 2)] + ["what's my name?"]
+    texts = conversation(k, messages)
     outs = await asyncio.gather(*(bot.send(f"user{k}", t) for t in texts))
     return all(o.kind in ("reply", "command") for o in outs) and outs[-1].text == f"Your name is Person{k}."
 

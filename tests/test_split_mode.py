@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from bench.split_restarts import awaits
+from bench.split_restarts import awaits, conversation
 from bots.fake import FakeAdapter
 from bots.settings import TelegramSettings
 from bots.telegram import TelegramAdapter
@@ -98,7 +98,7 @@ async def answered_within(talks, timeout: float, gateway: StreamGateway, crew: l
 async def converse(bot: FakeAdapter, k: int, messages: int) -> tuple[str, list[str], list]:
     """User k states a name, sends numbered messages, asks for the name: all at once (order is the system's job)."""
     uid = f"user{k}"
-    texts = [f"my name is Person{k}"] + [f"message {i} from user {k}" for i in range(messages - 2)] + ["what's my name?"]
+    texts = conversation(k, messages)
     outs = await asyncio.gather(*(bot.send(uid, t) for t in texts))
     return uid, texts, outs
 

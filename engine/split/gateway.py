@@ -147,17 +147,12 @@ class StreamGateway:
                         await self._resolve(fields)
                     await self.r.xack(self.out_stream, GATEWAYS_GROUP, entry_id)
                     await self.r.xdel(self.out_stream, entry_id)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    log.error("reading replies failed (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                await ensure_group(self.r, self.out_stream, GATEWAYS_GROUP)  # Redis came back empty
             except Exception as exc:  # the reader must outlive any one failure, or every reply would wait
-                if self._closing:
-                    return
-                log.error("reading replies failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(1.0)
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    await ensure_group(self.r, self.out_stream, GATEWAYS_GROUP)  # Redis came back empty
+                elif not self._closing:
+                    log.error("reading replies failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(1.0)
 
     async def _resolve(self, fields: dict) -> None:
         try:
