@@ -35,6 +35,9 @@ def check_model_dir(settings: Settings) -> None:
     if not (settings.model_dir / "tokenizer.json").exists() or not (settings.model_dir / "encoder_model.onnx").exists():
         raise ConfigError(f"no model at {settings.model_dir}: set RAPPORT_MODEL_DIR (or --model) to an export "
                           "folder (`rapport doctor` shows what Rapport would use)")
+    if settings.safety_classifier and not (settings.safety_model_dir / "safety_config.json").exists():
+        raise ConfigError(f"no safety classifier at {settings.safety_model_dir}: set RAPPORT_SAFETY_MODEL_DIR to its "
+                          "export, or RAPPORT_SAFETY_CLASSIFIER=0 for the patterns alone")
 
 
 def _chat(args: argparse.Namespace, settings: Settings) -> int:

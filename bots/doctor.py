@@ -70,6 +70,18 @@ def check_encoder_and_index(settings: Settings) -> tuple[str, str]:
             f"{settings.index_dir} ({len(index.replies):,} replies, {contexts} hubness contexts)")
 
 
+def check_safety(settings: Settings) -> str:
+    """Load the learned safety classifier and score one message (or say it is switched off)."""
+    if not settings.safety_classifier:
+        return "learned classifier off (RAPPORT_SAFETY_CLASSIFIER=0): patterns alone"
+    from engine.safety.loading import load_classifier
+    classifier = load_classifier(settings.safety_model_dir)
+    started = time.perf_counter()
+    classifier.message_scores(["hello there"])
+    return (f"{settings.safety_model_dir} (mode {settings.safety}; one message in "
+            f"{1000 * (time.perf_counter() - started):.0f} ms)")
+
+
 def check_redis(settings: Settings) -> str:
     """Ping REDIS_URL, or find the embedded server's binary."""
     if not settings.redis_url:
@@ -99,7 +111,7 @@ def run(settings: Settings, dotenv: Path | None = Path(".env")) -> int:
     print(f"onnxruntime providers: {', '.join(onnxruntime.get_available_providers())}")
     problems = 0
     checks = {"model": lambda: check_model(settings), "encoder+index": lambda: check_encoder_and_index(settings),
-              "redis": lambda: check_redis(settings)}
+              "safety": lambda: check_safety(settings), "redis": lambda: check_redis(settings)}
     for name, check in checks.items():
         try:
             result = check()

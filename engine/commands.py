@@ -247,7 +247,10 @@ async def _unblock(ctx: CommandContext, args: str) -> str:
 async def _stats(ctx: CommandContext, args: str) -> str:
     data = await ctx.store.stats()
     c, lat = data["counters"], data["latency_ms"]
-    safety = {k.removeprefix("safety_"): v for k, v in sorted(c.items()) if k.startswith("safety_")}
+    safety = {k.removeprefix("safety_"): v for k, v in sorted(c.items()) if k.startswith("safety_")
+              and not k.startswith(("safety_layer_", "safety_dropped_"))}
+    layers = {k.removeprefix("safety_layer_"): v for k, v in sorted(c.items()) if k.startswith("safety_layer_")}
+    dropped = {k.removeprefix("safety_dropped_"): v for k, v in sorted(c.items()) if k.startswith("safety_dropped_")}
     latency = (f"{lat['p50']:.0f} ms p50, {lat['p95']:.0f} ms p95 (latest {lat['n']} replies)" if lat["n"]
                else "no replies yet")
     return "\n".join([
@@ -256,6 +259,8 @@ async def _stats(ctx: CommandContext, args: str) -> str:
         f"rate-limited {c.get('rate_limited', 0)}, refused {c.get('refused', 0)})",
         f"Reply latency: {latency}",
         "Safety actions: " + (", ".join(f"{k} {v}" for k, v in safety.items()) or "none"),
+        "Safety decisions by layer: " + (", ".join(f"{k} {v}" for k, v in layers.items()) or "none"),
+        "Replies with candidates dropped: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"),
     ])
 
 

@@ -23,6 +23,7 @@ MODELS = Path(__file__).resolve().parent.parent / "exported_models"  # the clone
 DEFAULT_MODEL = MODELS / "rapport-chat-persona"
 DEFAULT_ENCODER = MODELS / "minilm-l6-v2-encoder"
 DEFAULT_INDEX = MODELS / "ccc-reply-index"
+DEFAULT_SAFETY_MODEL = MODELS / "safety-classifier"
 
 
 class ConfigError(ValueError):
@@ -129,6 +130,8 @@ class Settings:
     reply_mode: str | None = env("RAPPORT_REPLY_MODE", None)
     learn_from_reactions: bool = env("RAPPORT_LEARN_FROM_REACTIONS", True)
     safety: str = env("RAPPORT_SAFETY", "standard")
+    safety_classifier: bool = env("RAPPORT_SAFETY_CLASSIFIER", True)
+    safety_model_dir: Path = env("RAPPORT_SAFETY_MODEL_DIR", DEFAULT_SAFETY_MODEL)
     crisis_reply: str | None = env("RAPPORT_CRISIS_REPLY", None)
     crisis_url: str | None = env("RAPPORT_CRISIS_URL", None)
     allowed_users: tuple[str, ...] = env("RAPPORT_ALLOWED_USERS", (), platform_ids)

@@ -22,14 +22,15 @@ from .facts import extract_facts
 from .feedback import FeedbackRecorder, load_taste
 from .state.keyed_lock import KeyedLocks
 from .memory import answer_from_memory
-from .metrics import ERRORS, MESSAGES_ANSWERED, MESSAGES_RECEIVED, REPLY_LATENCY
+from .metrics import ERRORS, MESSAGES_ANSWERED, MESSAGES_RECEIVED, REPLY_LATENCY, SAFETY_DECISIONS
 from .persona_guard import answer_about_self, claims_a_name, claims_user_facts
 from .messages import DUPLICATE, IGNORED, IncomingMessage, OutgoingMessage, Reaction
 from .model.profile import update_profile
 from .model.prompt import Turn
 from .state.redis_server import EmbeddedRedis
 from .model.replier import Replier, ReplyRequest
-from .safety import SafetyFilter, SafetyReplies
+from .safety import Assessment, SafetyFilter, SafetyReplies
+from .safety.loading import load_classifier
 from .safety.replies import DEFAULT_CRISIS_REPLY, DEFAULT_CRISIS_URL
 from .sanitize import clean_text
 from .state.store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
@@ -55,7 +56,8 @@ class Engine:
         self.replier = replier
         self.embedded = embedded
         self.batcher = InferenceBatcher(replier, settings.batch_max, settings.batch_wait_ms / 1000)
-        self.safety = SafetyFilter(settings.safety)
+        self.safety = SafetyFilter(settings.safety, load_classifier(settings.safety_model_dir)
+                                   if settings.safety_classifier else None)
         self.safety_replies = SafetyReplies(settings.crisis_reply or DEFAULT_CRISIS_REPLY,
                                             settings.crisis_url or DEFAULT_CRISIS_URL)
         self.access = Access(settings)
@@ -210,22 +212,28 @@ class Engine:
             ctx = CommandContext(self.store, ref, self.settings.bot_name, msg.user_name, msg.is_private,
                                  self.access.is_admin(ref.user), self.safety, self.purge_disk_soon, msg.replied_to)
             return await run_command(call, ctx), "command"
-        category = self.safety.check_message(text)
+        history = await self.store.history(ref)
+        assessment = await asyncio.to_thread(self.safety.assess, text, [t.text for t in history if t.role == "user"])
+        category = assessment.category
         if category is not None:  # never generated from, stored, or learned from
-            log.info("safety action: %s on %s", category.value, msg.platform)
-            await self.store.count(f"safety_{category.value}")
+            log.info("safety action: %s (%s) on %s", category.value, assessment.source, msg.platform)
+            SAFETY_DECISIONS.labels(assessment.source, category.value).inc()
+            await self.store.count(f"safety_{category.value}", f"safety_layer_{assessment.source}")
             return self.safety_replies.for_category(category), "safety"
+        if assessment.borderline:
+            SAFETY_DECISIONS.labels("borderline", "none").inc()
+            await self.store.count("safety_layer_borderline")
         if not await self.store.allow(ref, self.settings.rate_limit_per_minute):
             await self.store.append_turns(ref, [StoredTurn("user", text, msg.timestamp)], self._tokens)
             return RATE_LIMITED, "rate_limited"
-        reply, kind = await self._converse(ref, text, msg.message_id)
+        reply, kind = await self._converse(ref, text, history, assessment, msg.message_id)
         if cut:
             reply += TOO_LONG.format(n=self.settings.max_message_chars)
         return reply, kind
 
-    async def _converse(self, ref: UserRef, text: str, message_id: str = "") -> tuple[str, str]:
+    async def _converse(self, ref: UserRef, text: str, history: list[StoredTurn], assessment: Assessment,
+                        message_id: str = "") -> tuple[str, str]:
         """The reply and its source: "reply" (generated) or "memory" (from the user's facts or the persona)."""
-        history = await self.store.history(ref)
         if message_id:  # answered already (a worker died before delivering): the same reply again
             for turn, after in zip(history, history[1:]):
                 if turn.role == "user" and turn.mid == message_id and after.role == "bot":
@@ -242,12 +250,23 @@ class Engine:
             if self.settings.learn_from_reactions and encoder is not None else None
         turns = [Turn(t.text, t.role == "user") for t in history] + [Turn(text, True)]
         reply = answer_from_memory(text, facts) or answer_about_self(text, list(self.settings.persona))
+        dropped: set[str] = set()
+
+        def keep(texts: list[str]) -> list[bool]:  # on the inference thread
+            verdicts = self.safety.verdicts(texts, text, assessment.borderline)
+            dropped.update(v for v in verdicts if v)
+            return [v is None for v in verdicts]
+
         answer = await self.batcher.submit(ReplyRequest(
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
-            needs_reply=reply is None, keep=self.safety.candidates_ok,
+            needs_reply=reply is None, keep=keep,
             claims=lambda texts: np.maximum(claims_user_facts(texts, facts, self.settings.persona),
                                             claims_a_name(texts, self.settings.bot_name)), taste=taste))
         _batch_size.set(answer.batch_size)
+        for reason in dropped:
+            SAFETY_DECISIONS.labels(reason, "candidate").inc()
+        if dropped:
+            await self.store.count(*(f"safety_dropped_{reason}" for reason in sorted(dropped)))
         kind = "memory" if reply is not None else "reply"
         if reply is None:
             reply = answer.reply.text

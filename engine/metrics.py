@@ -31,3 +31,6 @@ SPLIT_PENDING = Gauge("rapport_split_pending", "Split mode: entries delivered to
 GATEWAY_WAITING = Gauge("rapport_gateway_waiting", "Split mode: messages this gateway waits a reply for")
 REACTIONS = Counter("rapport_reactions_total", "Reactions to the bot's replies: used (tied to a reply the bot "
                     "knows) or ignored (unknown or expired message, or an account kept out)", ["platform", "outcome"])
+SAFETY_DECISIONS = Counter("rapport_safety_decisions_total", "Safety decisions by layer (pattern, classifier, "
+                           "context, profanity; for dropped candidates: unsafe, agreeing, pair; borderline "
+                           "messages) and category", ["layer", "category"])

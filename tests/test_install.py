@@ -20,7 +20,7 @@ def rapport(*args: str, env: dict | None = None, stdin: str = "", cwd: Path | No
 def test_doctor_reports_every_part_and_fails_on_a_missing_model(tmp_path):
     ok = rapport("doctor", cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    for part in ("ok    model", "ok    encoder+index", "ok    redis", "AVX2", "onnxruntime", "all parts work"):
+    for part in ("ok    model", "ok    encoder+index", "ok    safety", "ok    redis", "AVX2", "onnxruntime", "all parts work"):
         assert part in ok.stdout
     bad = rapport("doctor", env={"RAPPORT_MODEL_DIR": str(tmp_path / "nowhere")}, cwd=tmp_path)
     assert bad.returncode == 1 and "FAIL  model" in bad.stdout and "1 part(s) failed" in bad.stdout

@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder."""
+"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder."""
 from __future__ import annotations
 
 import importlib
@@ -13,6 +13,8 @@ JOBS = {
     "fixtures": ("training.fixtures", "write the tiny BART and T5 test fixtures"),
     "build-index": ("training.build_index", "build the retrieval index of real replies"),
     "train-ranker": ("training.ranker", "fine-tune MiniLM as the reply ranker (bi-encoder)"),
+    "train-safety": ("training.safety_train", "fine-tune MiniLM as the safety classifier (messages, context/reply pairs)"),
+    "safety-export": ("training.safety_export", "export the safety classifier, thresholds chosen on valid data"),
     "ranker-eval": ("training.ranker_eval", "compare two ranker exports: Hits@1/20 on the held-out splits"),
     "shards": ("training.shards", "pack/unpack trained weights as small fp16 shards"),
     "eval-hybrid": ("training.hybrid:eval_main", "evaluate generator / retrieval / hybrid replies and the ranker"),

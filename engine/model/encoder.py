@@ -30,11 +30,19 @@ class SentenceEncoder:
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Unit-norm float32 vectors, shape (len(texts), dim)."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts])
-        for start in range(0, len(texts), batch_size):
+        return self._pooled(texts, batch_size)
+
+    def embed_pairs(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        """Unit-norm vectors of (first, second) text pairs read as one input, ``[CLS] a [SEP] b [SEP]``
+        (a cross-encoder's input; truncated longest-first to ``max_tokens``)."""
+        return self._pooled(pairs, batch_size)
+
+    def _pooled(self, inputs: list, batch_size: int) -> np.ndarray:
+        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in inputs])
+        for start in range(0, len(inputs), batch_size):
             idx = order[start: start + batch_size]
-            encs = self.tokenizer.encode_batch([texts[i] for i in idx])
+            encs = self.tokenizer.encode_batch([inputs[i] for i in idx])
             width = max(len(e.ids) for e in encs)
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)

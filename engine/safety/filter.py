@@ -1,25 +1,32 @@
 """The safety filter on both sides of the model.
 
-- :meth:`SafetyFilter.check_message` sorts a user's message into a :class:`Category` (crisis, hate,
-  violence, sexual, harassment, jailbreak) or ``None`` when the bot may answer it with the model;
-- :meth:`SafetyFilter.candidate_ok` drops a candidate reply (generated or retrieved) that is offensive,
-  sexual, violent, hateful or carries personal data, before ranking; :meth:`fact_ok` keeps such text out
-  of a user's stored facts.
+- :meth:`SafetyFilter.assess` sorts a user's message (read with the user's last turns) into a
+  :class:`Category` (crisis, hate, violence, sexual, harassment, jailbreak) or ``None`` when the bot may
+  answer it with the model, and says whether it is *borderline* (close to a threshold: no reply that
+  agrees with it may be sent);
+- :meth:`SafetyFilter.candidates_ok` drops a candidate reply (generated or retrieved) that is offensive,
+  sexual, violent, hateful or carries personal data, that the pair classifier finds unsafe as an answer
+  to its context, or that agrees with a borderline message, before ranking; :meth:`fact_ok` keeps such
+  text out of a user's stored facts.
 
-It combines the pattern sets of :mod:`engine.safety.lexicon` with alt-profanity-check (a linear model
-over TF-IDF features trained on toxic comments; see the README for why it was chosen over
-better-profanity). Modes: ``standard`` (default), ``strict`` (lower profanity thresholds, any profanity
-in a message counts as abuse) and ``off`` (no abuse or output filter; a crisis is still answered with
-the crisis reply in every mode, because a person in crisis must never get a generated reply).
+Layers, fastest first: the pattern sets of :mod:`engine.safety.lexicon`; the learned classifier
+(:mod:`engine.safety.classifier`, when the engine has one); alt-profanity-check (a linear model over
+TF-IDF features trained on toxic comments; see the README for why it was chosen over better-profanity).
+Modes: ``standard`` (default), ``strict`` (lower thresholds everywhere, any profanity in a message counts
+as abuse) and ``off`` (no abuse or output filter; a crisis is still answered with the crisis reply in
+every mode, with the standard crisis thresholds, because a person in crisis must never get a generated
+reply).
 """
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from . import lexicon
+from .classifier import SafetyClassifier, window_text
 
 MODES = ("standard", "strict", "off")
 _LEET = str.maketrans({"@": "a", "$": "s", "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "!": "i"})
@@ -56,6 +63,17 @@ THRESHOLDS = {"standard": Thresholds(directed=0.9, anywhere=1.01, candidate=1.01
               "strict": Thresholds(directed=0.7, anywhere=0.8, candidate=0.6)}
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """What the filter found in a message: the category that gets a fixed reply (or None), which layer found
+    it (``pattern``, ``classifier``, ``context`` for the last few turns together, ``profanity``), and whether
+    an unflagged message is borderline."""
+
+    category: Category | None = None
+    source: str | None = None
+    borderline: bool = False
+
+
 def normalise(text: str) -> str:
     """Lower-case, NFKC, straight apostrophes, one space: the form every pattern is written for."""
     text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).lower()
@@ -77,10 +95,11 @@ def _variants(plain: str) -> set[str]:
 class SafetyFilter:
     """Classifies messages and candidate replies; one instance is shared by the whole engine."""
 
-    def __init__(self, mode: str = "standard") -> None:
+    def __init__(self, mode: str = "standard", classifier: SafetyClassifier | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"safety mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
+        self.classifier = classifier
         self._predict = None
 
     def profanity(self, texts: list[str]) -> list[float]:
@@ -92,34 +111,79 @@ class SafetyFilter:
             self._predict = predict_prob
         return [float(p) for p in self._predict(texts)]
 
-    def check_message(self, text: str) -> Category | None:
+    def check_message(self, text: str, earlier: Sequence[str] = ()) -> Category | None:
         """The category of a user's message that must not get a generated reply, or None."""
+        return self.assess(text, earlier).category
+
+    def assess(self, text: str, earlier: Sequence[str] = ()) -> Assessment:
+        """Judge ``text``, a user's message, with ``earlier``, that user's previous messages in this chat
+        (oldest first; the classifier reads the last few together with ``text``)."""
         plain = normalise(text)
         if _is_crisis(plain):
-            return Category.CRISIS
+            return Assessment(Category.CRISIS, "pattern", True)
+        learned = self._learned(text, earlier)
+        if learned is not None and learned.category is Category.CRISIS:
+            return learned
         if self.mode == "off":
-            return None
+            return Assessment()
         category = _abuse_pattern(plain)
         if category is not None:
-            return category
+            return Assessment(category, "pattern", True)
+        if learned is not None and learned.category is not None:
+            return learned
         profanity = self.profanity([plain])[0]
         limits = THRESHOLDS[self.mode]
         if profanity >= limits.anywhere or (profanity >= limits.directed and _SECOND_PERSON.search(plain)):
-            return Category.HARASSMENT
-        return None
+            return Assessment(Category.HARASSMENT, "profanity", True)
+        return Assessment(borderline=learned is not None and learned.borderline)
 
-    def candidates_ok(self, texts: list[str]) -> list[bool]:
-        """For each candidate reply: may it be sent? (Always True in mode ``off``.)"""
-        if self.mode == "off":
-            return [True] * len(texts)
+    def _learned(self, text: str, earlier: Sequence[str]) -> Assessment | None:
+        """The classifier's view of ``text`` and of the last few user turns together (None without one)."""
+        if self.classifier is None:
+            return None
+        limits = self.classifier.thresholds["standard" if self.mode == "off" else self.mode]
+        recent = [t for t in earlier if t.strip()][-(self.classifier.context_turns - 1):]
+        texts = [text] + ([window_text([*recent, text])] if recent else [])
+        scores = self.classifier.message_scores(texts)
+        crisis, hate = float(scores[0, 0]), float(scores[0, 1])
+        if crisis >= limits.crisis:
+            return Assessment(Category.CRISIS, "classifier", True)
+        if len(scores) > 1 and scores[1, 0] >= limits.crisis_context:
+            return Assessment(Category.CRISIS, "context", True)
+        if hate >= limits.hate:
+            return Assessment(Category.HATE, "classifier", True)
+        return Assessment(borderline=crisis >= limits.borderline_crisis or hate >= limits.borderline_hate
+                          or max(scores[1:, 1], default=0.0) >= limits.borderline_hate)
+
+    def candidates_ok(self, texts: list[str], context: str | None = None, wary: bool = False) -> list[bool]:
+        """For each candidate reply: may it be sent? (:meth:`verdicts` says why not.)"""
+        return [v is None for v in self.verdicts(texts, context, wary)]
+
+    def verdicts(self, texts: list[str], context: str | None = None, wary: bool = False) -> list[str | None]:
+        """For each candidate reply, None when it may be sent, else why not: ``unsafe`` (patterns, strong
+        profanity, alt-profanity-check), ``agreeing`` (``wary`` is set for a borderline message, and the
+        candidate agrees) or ``pair`` (the pair classifier finds it unsafe as an answer to ``context``, the
+        user's message). All None in mode ``off``."""
+        if self.mode == "off" or not texts:
+            return [None] * len(texts)
         plains = [normalise(t) for t in texts]
         limits = THRESHOLDS[self.mode]
-        return [not (self.unsafe_text(plain) or any(lexicon.STRONG_PROFANITY.search(v) for v in _variants(plain))
-                     or p >= limits.candidate)
-                for plain, p in zip(plains, self.profanity(plains))]
+        out: list[str | None] = [
+            "unsafe" if (self.unsafe_text(plain) or any(lexicon.STRONG_PROFANITY.search(v) for v in _variants(plain))
+                         or p >= limits.candidate) else None
+            for plain, p in zip(plains, self.profanity(plains))]
+        if wary:
+            out = [v or ("agreeing" if lexicon.AGREEING.search(plain) else None) for v, plain in zip(out, plains)]
+        judged = [i for i, v in enumerate(out) if v is None]
+        if context is not None and self.classifier is not None and judged:
+            scores = self.classifier.pair_scores(context, [texts[i] for i in judged])
+            for i, score in zip(judged, scores):
+                if score >= self.classifier.thresholds[self.mode].pair:
+                    out[i] = "pair"
+        return out
 
     def candidate_ok(self, text: str) -> bool:
-        """:meth:`candidates_ok` for one text."""
+        """:meth:`candidates_ok` for one text, out of context."""
         return self.candidates_ok([text])[0]
 
     def fact_ok(self, fact: str) -> bool:

@@ -201,3 +201,13 @@ PERSONAL_DATA = _any(
     r"\b(?:my name is|i'm|i am|call me|this is)\s+[A-Z][a-z]+\s+[A-Z][a-z]+\b",  # a full name (cased text)
     r"\bmy (?:full |last |sur)name is\b|\bmy (?:phone|cell|mobile) (?:number|no\.?) is\b|\bmy address is\b",
 )
+
+# --- agreement: a reply that sides with the message (never sent to a borderline or abusive message) -------
+AGREEING = re.compile(
+    r"^(?:yes|yeah|yea|yep|yup|ya|sure|ok|okay|true|right|exactly|absolutely|totally|definitely|indeed|correct|"
+    r"agreed|same|me too|of course|for sure|so true|that's true|thats true|that is true|i agree|i do|i know|"
+    r"you're right|youre right|you are right|i think so|good point|fair enough|tell me about it|amen|facts|"
+    r"100%|lol|haha\w*)\b|"
+    r"\b(?:i agree|i totally agree|agree with you|you're (?:so |absolutely |totally )?right|you are right|"
+    r"so true|that's (?:so )?true|couldn't agree more|i feel the same|i think so too|i think the same|"
+    r"i do too|me too|same here|good point|well said|exactly)\b")

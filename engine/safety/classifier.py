@@ -1,0 +1,83 @@
+"""The learned safety classifier: all-MiniLM-L6-v2 fine-tuned with two small heads (numpy at run time).
+
+- the *message* head scores a user's message for crisis/self-harm and for hate (sigmoid, each 0..1); the
+  engine also scores the user's last few turns read together, so a crisis that builds up over two or
+  three messages is caught (:func:`window_text`);
+- the *pair* head scores a candidate reply *with its context* (``[CLS] context [SEP] reply [SEP]``): is it
+  unsafe there (agreeing with toxicity, ignoring a risk, biased, offending, unauthorised expertise;
+  trained on DiaSafety)?
+
+The folder (``exported_models/safety-classifier``, built by ``rapport-train safety-export``) holds the int8
+encoder (``model.onnx``, ``tokenizer.json``, ``encoder_config.json``), ``heads.npz`` and
+``safety_config.json`` with the thresholds of each mode, chosen on validation data only (its MODEL_CARD.md).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..model.encoder import SentenceEncoder
+
+MAX_TOKENS = 128
+HEADS = ("crisis", "hate")
+
+
+@dataclass(frozen=True)
+class LearnedThresholds:
+    """Scores at or above which the classifier acts, for one safety mode."""
+
+    crisis: float  # the message alone -> crisis reply
+    crisis_context: float  # the last few user turns together -> crisis reply
+    hate: float  # the message -> hate reply
+    borderline_crisis: float  # at or above: no candidate that agrees may be sent
+    borderline_hate: float
+    pair: float  # a candidate in its context -> dropped before ranking
+
+
+def window_text(user_turns: list[str]) -> str:
+    """What the message head reads for several user turns together (training reads the same)."""
+    return " ".join(user_turns)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class SafetyClassifier:
+    """Scores messages (crisis, hate) and context/reply pairs (unsafe) with one encoder."""
+
+    def __init__(self, folder: Path, threads: int = 1) -> None:
+        self.folder = Path(folder)
+        self.encoder = SentenceEncoder.from_dir(self.folder, threads)
+        heads = np.load(self.folder / "heads.npz")
+        self._message_w, self._message_b = heads["message_weight"], heads["message_bias"]  # (2, d), (2,)
+        self._pair_w, self._pair_b = heads["pair_weight"][0], float(heads["pair_bias"][0])  # (d,), ()
+        config = json.loads((self.folder / "safety_config.json").read_text())
+        names = {f.name for f in fields(LearnedThresholds)}
+        self.thresholds = {mode: LearnedThresholds(**{k: float(v) for k, v in t.items() if k in names})
+                           for mode, t in config["thresholds"].items()}
+        self.context_turns = int(config["context_turns"])
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, threads: int = 1) -> "SafetyClassifier":
+        """Load an exported safety classifier folder."""
+        return cls(Path(folder), threads)
+
+    def message_scores(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), 2): crisis and hate scores of each text."""
+        if not texts:
+            return np.zeros((0, len(HEADS)), dtype=np.float32)
+        return _sigmoid(self.encoder.embed(texts) @ self._message_w.T + self._message_b)
+
+    def pair_scores(self, context: str, replies: list[str]) -> np.ndarray:
+        """(len(replies),): how unsafe each reply is as an answer to ``context``."""
+        return self.score_pairs([(context, r) for r in replies])
+
+    def score_pairs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """(len(pairs),): how unsafe each (context, reply) pair's reply is."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        return _sigmoid(self.encoder.embed_pairs(pairs) @ self._pair_w + self._pair_b)
