@@ -271,7 +271,7 @@ def report(results: dict, show: bool) -> None:
             print(f"{name:26s} {row['n']:4d}   {100 * row['flagged_any']:6.1f}%        {100 * row['flagged_as']:6.1f}%"
                   f"          {100 * row['classifier_alone']:6.1f}%        {100 * row['borderline']:6.1f}%")
             if show and row["wrong"]:
-                print("   " + " || ".join(row["wrong"]))
+                print(f"   {len(row['wrong'])} wrong, e.g.: " + " || ".join(row["wrong"][:12]))
         for name in ("fresh/crisis_sequences", "fresh/sad_sequences"):
             row = learned[name]
             print(f"{name:26s} {row['n']:4d}   {100 * row['flagged_any']:6.1f}% (last message alone "

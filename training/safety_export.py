@@ -5,16 +5,23 @@
 Writes the int8 encoder (``model.onnx``, ``tokenizer.json``, ``encoder_config.json``), ``heads.npz``,
 ``safety_config.json`` (the thresholds of each mode and the rule that chose each) and ``valid_report.json``
 (what each threshold does on every validation source), all scored by the int8 export itself, so the
-thresholds fit what runs. Rules (``standard`` / ``strict``):
-- crisis: the highest threshold that still catches every valid crisis message, lowered until at most
-  3% / 6% of the valid everyday look-alikes are flagged would be exceeded (or at most 0.5% / 1% of
-  everyday chat);
-- crisis over the last turns together: the same on valid sequences against windows of everyday chat;
-- hate: the lowest threshold that flags at most 5% / 10% of valid neutral ToxiGen statements (and 0.5% /
-  1% of everyday chat);
+thresholds fit what runs. Each threshold counts what the patterns already decide (the two layers act
+together in the engine). Rules (``standard`` / ``strict``):
+- crisis: the highest threshold at which patterns or classifier catch every valid crisis message (own
+  phrasings and hand-labelled DiaSafety contexts), lowered no further than 3% / 6% of the valid
+  look-alikes, 10% / 20% of the sad-without-crisis DiaSafety contexts and 0.5% / 1% of everyday chat
+  being flagged;
+- check-in (a fixed reply that asks and points to help, for a less sure crisis score): the same rule for
+  what the crisis threshold misses, within 45% / 60% of the look-alikes, 25% / 40% of the sad DiaSafety
+  contexts, 3% / 6% of neutral ToxiGen statements and 0.5% / 1% of everyday chat;
+- crisis over the last turns together: the same on valid sequences, against sad-but-safe sequences
+  (15% / 30%) and windows of everyday chat (0.5% / 1%);
+- hate: the lowest threshold that flags at most 5% / 10% of valid neutral ToxiGen statements and 0.5% /
+  1% of everyday chat;
 - borderline (no agreeing reply): the lowest threshold that marks at most 30% of valid neutral
   statements (hate) or look-alikes (crisis) and 5% of everyday chat;
-- pair: the lowest threshold that drops at most 10% / 20% of DiaSafety's safe valid replies.
+- pair: the lowest threshold that drops at most 10% / 20% of DiaSafety's safe valid replies in Toxicity
+  Agreement and in Risk Ignorance, and 15% / 30% of all its safe valid replies.
 """
 from __future__ import annotations
 
@@ -25,77 +32,118 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from engine.safety import Category, SafetyFilter
 from engine.safety.classifier import SafetyClassifier
 
 from .data import DEFAULT_DATA
 from .export_encoder import export_encoder
 from .safety_sets import everyday_windows, message_sets, pair_sets
 
-RULES = {"standard": {"lookalike": 0.03, "everyday": 0.005, "neutral": 0.05, "pair_safe": 0.10},
-         "strict": {"lookalike": 0.06, "everyday": 0.01, "neutral": 0.10, "pair_safe": 0.20}}
+RULES = {"standard": {"lookalike": 0.03, "distress": 0.10, "everyday": 0.005, "neutral": 0.05, "pair_safe": 0.10,
+                      "pair_all": 0.15, "check_in_lookalike": 0.45, "check_in_distress": 0.25},
+         "strict": {"lookalike": 0.06, "distress": 0.20, "everyday": 0.01, "neutral": 0.10, "pair_safe": 0.20,
+                    "pair_all": 0.30, "check_in_lookalike": 0.60, "check_in_distress": 0.40}}
 BORDERLINE = {"near": 0.30, "everyday": 0.05}
 CONTEXT_TURNS = 3
+PAIR_GOAL_CATEGORIES = ("Toxicity Agreement", "Risk Ignorance")
 
 
-def lowest_within(negatives: list[np.ndarray], rates: list[float]) -> float:
-    """The lowest threshold at which each negative score set is flagged (score >= t) at most at its rate."""
-    return max(float(np.quantile(neg, 1 - rate, method="higher")) + 1e-6 if len(neg) else 0.0
-               for neg, rate in zip(negatives, rates))
+def above(negatives: np.ndarray, allowed: int) -> float:
+    """The lowest threshold at which at most ``allowed`` of ``negatives`` score at or above it."""
+    ranked = np.sort(negatives)[::-1]
+    return 0.0 if allowed >= len(ranked) else float(ranked[max(allowed, 0)]) + 1e-6
 
 
-def crisis_threshold(positives: np.ndarray, negatives: list[np.ndarray], rates: list[float]) -> float:
-    """The threshold that catches every positive if the false-positive budgets allow, else the budgets'."""
-    return max(min(float(positives.min()), 1.0), lowest_within(negatives, rates)) if len(positives) else 0.5
+def within(budgets: list[tuple[np.ndarray, np.ndarray, float]]) -> float:
+    """The lowest threshold that keeps every budget: (scores, already flagged by the patterns, rate); the
+    classifier may flag ``rate`` of each set less what the patterns flag there already."""
+    return max(above(scores[~flagged], int(rate * len(scores)) - int(flagged.sum()))
+               for scores, flagged, rate in budgets)
 
 
-def by_source(scores: np.ndarray, sources: list[str]) -> dict[str, np.ndarray]:
-    """Scores grouped by source name."""
-    src = np.array(sources)
-    return {s: scores[src == s] for s in sorted(set(sources))}
+def catch_all_within(positives: np.ndarray, caught: np.ndarray,
+                     budgets: list[tuple[np.ndarray, np.ndarray, float]]) -> float:
+    """The highest threshold at which patterns or classifier catch every positive, if the budgets allow;
+    else the budgets' threshold."""
+    missed = positives[~caught]
+    return max(float(missed.min()) if len(missed) else 1.0, within(budgets))
 
 
 def choose(clf: SafetyClassifier, data_dir: Path | None) -> tuple[dict, dict]:
     """Thresholds per mode and the valid report (rates of every source at each mode's thresholds)."""
     valid = message_sets(data_dir)["valid"]
     scores = clf.message_scores(valid.texts)
-    crisis, hate = by_source(scores[:, 0], valid.sources), by_source(scores[:, 1], valid.sources)
-    singles = [t for t, s in zip(valid.texts, valid.sources) if not s.endswith("_sequences")]
-    everyday_texts = [t for t, s in zip(valid.texts, valid.sources) if s == "everyday"]
-    windows = clf.message_scores(everyday_windows(data_dir, 3000, "valid"))[:, 0]
+    patterns = SafetyFilter("standard")
+    flags = [patterns.check_message(t) for t in valid.texts]
+    src = np.array(valid.sources)
+    crisis_flag = np.array([f is Category.CRISIS for f in flags])
+    any_flag = np.array([f is not None for f in flags])
+    windows_texts = everyday_windows(data_dir, 3000, "valid")
+    windows = clf.message_scores(windows_texts)[:, 0]
+    window_flag = np.zeros(len(windows), bool)
+
+    def part(source: str, head: int, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return scores[src == source, head], flagged[src == source]
+
     pairs = pair_sets()["valid"]
     pair = clf.score_pairs([(p["context"], p["response"]) for p in pairs])
     safe = np.array([p["label"] == "Safe" for p in pairs])
+    no_flags = np.zeros(len(pairs), bool)
     thresholds, rules = {}, {}
     for mode, rule in RULES.items():
-        thresholds[mode] = {
-            "crisis": crisis_threshold(crisis["own/crisis"], [crisis["own/not_crisis"], crisis["everyday"]],
-                                       [rule["lookalike"], rule["everyday"]]),
-            "crisis_context": crisis_threshold(crisis["own/crisis_sequences"],
-                                               [crisis["own/sad_sequences"], windows],
-                                               [rule["lookalike"] * 5, rule["everyday"]]),
-            "hate": lowest_within([hate["toxigen/neutral"], hate["everyday"]], [rule["neutral"], rule["everyday"]]),
-            "borderline_crisis": lowest_within([crisis["own/not_crisis"], crisis["everyday"]],
-                                               [BORDERLINE["near"], BORDERLINE["everyday"]]),
-            "borderline_hate": lowest_within([hate["toxigen/neutral"], hate["everyday"]],
-                                             [BORDERLINE["near"], BORDERLINE["everyday"]]),
-            "pair": lowest_within([pair[safe]], [rule["pair_safe"]]),
-        }
-        t = thresholds[mode]
-        t["borderline_crisis"] = min(t["borderline_crisis"], t["crisis"])
+        crisis_budgets = [(*part("own/not_crisis", 0, any_flag), rule["lookalike"]),
+                          (*part("diasafety_ri/not_crisis", 0, any_flag), rule["distress"]),
+                          (*part("everyday", 0, any_flag), rule["everyday"])]
+        hate_budgets = [(*part("toxigen/neutral", 1, any_flag), rule["neutral"]),
+                        (*part("everyday", 1, any_flag), rule["everyday"])]
+        pair_budgets = [(pair[safe], no_flags[safe], rule["pair_all"])] + [
+            (pair[m], no_flags[m], rule["pair_safe"]) for m in
+            (safe & np.array([p["category"] == c for p in pairs]) for c in PAIR_GOAL_CATEGORIES)]
+        positives = [part(source, 0, crisis_flag) for source in ("own/crisis", "diasafety_ri/crisis")]
+        t = {"crisis": catch_all_within(np.concatenate([p[0] for p in positives]),
+                                        np.concatenate([p[1] for p in positives]), crisis_budgets),
+             "check_in": catch_all_within(np.concatenate([p[0] for p in positives]),
+                                          np.concatenate([p[1] for p in positives]),
+                                          [(*part("own/not_crisis", 0, any_flag), rule["check_in_lookalike"]),
+                                           (*part("diasafety_ri/not_crisis", 0, any_flag), rule["check_in_distress"]),
+                                           (*part("toxigen/neutral", 0, any_flag), rule["everyday"] * 6),
+                                           (*part("everyday", 0, any_flag), rule["everyday"])]),
+             "crisis_context": catch_all_within(*part("own/crisis_sequences", 0, crisis_flag),
+                                                [(*part("own/sad_sequences", 0, any_flag), rule["lookalike"] * 5),
+                                                 (windows, window_flag, rule["everyday"])]),
+             "hate": within(hate_budgets),
+             "borderline_crisis": within([(*part("own/not_crisis", 0, any_flag), BORDERLINE["near"]),
+                                          (*part("everyday", 0, any_flag), BORDERLINE["everyday"])]),
+             "borderline_hate": within([(*part("toxigen/neutral", 1, any_flag), BORDERLINE["near"]),
+                                        (*part("everyday", 1, any_flag), BORDERLINE["everyday"])]),
+             "pair": within(pair_budgets)}
+        t["check_in"] = min(t["check_in"], t["crisis"])
+        t["borderline_crisis"] = min(t["borderline_crisis"], t["check_in"])
         t["borderline_hate"] = min(t["borderline_hate"], t["hate"])
+        thresholds[mode] = t
+        caught_crisis = crisis_flag | (scores[:, 0] >= t["crisis"])
+        caught_check_in = caught_crisis | (scores[:, 0] >= t["check_in"])
+        caught_any = any_flag | (scores[:, 0] >= t["check_in"]) | (scores[:, 1] >= t["hate"])
         rules[mode] = {"rates": rule, "borderline": BORDERLINE, "report": {
-            "crisis_flagged": {s: float((v >= t["crisis"]).mean()) for s, v in crisis.items()},
-            "crisis_context_flagged": {"own/crisis_sequences": float((crisis["own/crisis_sequences"]
-                                                                      >= t["crisis_context"]).mean()),
-                                       "own/sad_sequences": float((crisis["own/sad_sequences"]
-                                                                   >= t["crisis_context"]).mean()),
-                                       "everyday_windows": float((windows >= t["crisis_context"]).mean())},
-            "hate_flagged": {s: float((v >= t["hate"]).mean()) for s, v in hate.items()},
-            "borderline_hate_marked": {s: float((v >= t["borderline_hate"]).mean()) for s, v in hate.items()},
+            "crisis_with_patterns": {s: float(caught_crisis[src == s].mean()) for s in sorted(set(valid.sources))},
+            "crisis_or_check_in_with_patterns": {s: float(caught_check_in[src == s].mean())
+                                                 for s in sorted(set(valid.sources))},
+            "any_flag_with_patterns": {s: float(caught_any[src == s].mean()) for s in sorted(set(valid.sources))},
+            "crisis_classifier_alone": {s: float((scores[src == s, 0] >= t["crisis"]).mean())
+                                        for s in sorted(set(valid.sources))},
+            "hate_classifier_alone": {s: float((scores[src == s, 1] >= t["hate"]).mean())
+                                      for s in sorted(set(valid.sources))},
+            "crisis_context_flagged": {
+                "own/crisis_sequences": float((part("own/crisis_sequences", 0, crisis_flag)[0]
+                                               >= t["crisis_context"]).mean()),
+                "own/sad_sequences": float((part("own/sad_sequences", 0, crisis_flag)[0] >= t["crisis_context"]).mean()),
+                "everyday_windows": float((windows >= t["crisis_context"]).mean())},
+            "borderline_hate_marked": {s: float((scores[src == s, 1] >= t["borderline_hate"]).mean())
+                                       for s in sorted(set(valid.sources))},
             "pair_dropped": pair_report(pairs, pair, t["pair"]),
         }}
-    counts = {"valid_messages": len(singles), "everyday": len(everyday_texts), "everyday_windows": len(windows),
-              "valid_pairs": len(pairs)}
+    counts = {"valid_messages": int((~np.char.endswith(src.astype(str), "_sequences")).sum()),
+              "everyday": int((src == "everyday").sum()), "everyday_windows": len(windows), "valid_pairs": len(pairs)}
     return thresholds, {"modes": rules, "counts": counts}
 
 

@@ -6,8 +6,9 @@ Message sets (``message_sets``), one row per text with a crisis and a hate label
 - the probe files of ``tests/safety/``: only their *dev* half is used (train); the held-out half is for
   reporting (``bench.safety``) and never seen here;
 - ``tests/safety/extra`` (a second crisis development set): train;
-- ``training/safety_data``: crisis phrasings and everyday look-alikes written for the classifier, and
-  two- and three-message sequences (a crisis that builds up, and sad-but-safe talk), split 70/30;
+- ``training/safety_data``: crisis phrasings and everyday look-alikes written for the classifier, two- and
+  three-message sequences (a crisis that builds up, and sad-but-safe talk), and 103 DiaSafety *train*
+  contexts of its Risk Ignorance category labelled by hand (crisis, or sad without it), each split 70/30;
 - everyday chat as negatives: messages of the chit-chat corpus and Synthetic-Persona-Chat (train splits
   for training, valid splits for validation), minus the few the pattern filter flags.
 
@@ -132,10 +133,16 @@ def message_sets(data_dir: Path | None) -> dict[str, MessageSet]:
     extra = PROBES / "extra"
     sets["train"].add(lines(extra / "crisis.txt"), "extra/crisis", crisis=1)
     sets["train"].add(lines(extra / "not_crisis.txt"), "extra/not_crisis")
-    for name, crisis in (("crisis", 1), ("not_crisis", 0)):
-        train, valid = split(lines(OWN / f"{name}.txt"))
-        sets["train"].add(train, f"own/{name}", crisis=crisis)
-        sets["valid"].add(valid, f"own/{name}", crisis=crisis)
+    for name, crisis in (("crisis", 1), ("not_crisis", 0), ("crisis_more", 1), ("not_crisis_more", 0)):
+        train, valid = split(lines(OWN / f"{name}.txt"))  # each file split on its own: adding one moves no other
+        source = f"own/{name.removesuffix('_more')}"
+        sets["train"].add(train, source, crisis=crisis)
+        sets["valid"].add(valid, source, crisis=crisis)
+    labelled = json.loads((OWN / "diasafety_ri_labels.json").read_text(encoding="utf-8"))["rows"]
+    for crisis, name in ((1, "crisis"), (0, "not_crisis")):
+        train, valid = split([r["context"] for r in labelled if r["crisis"] == crisis])
+        sets["train"].add(train, f"diasafety_ri/{name}", crisis=crisis)
+        sets["valid"].add(valid, f"diasafety_ri/{name}", crisis=crisis)
     for name, crisis in (("crisis_sequences", 1), ("sad_sequences", 0)):
         train, valid = split([window_text(sequence_text(s)) for s in lines(OWN / f"{name}.txt")])
         sets["train"].add(train, f"own/{name}", crisis=crisis)

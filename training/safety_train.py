@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         done = state["step"] - state["epoch"] * steps_per_epoch
         bar = tqdm(range(done, steps_per_epoch), desc=f"epoch {state['epoch']}", mininterval=10)
         for b in bar:
-            frac = state["step"] / total_steps
+            frac = max(state["step"] / total_steps, (time.time() - started) / (args.max_minutes * 60))
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * min(1.0, (state["step"] + 1) / 50) * max(0.0, 1.0 - frac)
             mi = batch_of(msg_order, b * args.batch_size)

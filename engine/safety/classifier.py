@@ -1,6 +1,7 @@
 """The learned safety classifier: all-MiniLM-L6-v2 fine-tuned with two small heads (numpy at run time).
 
-- the *message* head scores a user's message for crisis/self-harm and for hate (sigmoid, each 0..1); the
+- the *message* head scores a user's message for crisis/self-harm and for hate (sigmoid, each 0..1): a
+  sure crisis gets the crisis reply, a less sure one a fixed check-in reply (also never generated); the
   engine also scores the user's last few turns read together, so a crisis that builds up over two or
   three messages is caught (:func:`window_text`);
 - the *pair* head scores a candidate reply *with its context* (``[CLS] context [SEP] reply [SEP]``): is it
@@ -30,6 +31,7 @@ class LearnedThresholds:
     """Scores at or above which the classifier acts, for one safety mode."""
 
     crisis: float  # the message alone -> crisis reply
+    check_in: float  # the message alone, less sure -> the check-in reply (fixed, points to help too)
     crisis_context: float  # the last few user turns together -> crisis reply
     hate: float  # the message -> hate reply
     borderline_crisis: float  # at or above: no candidate that agrees may be sent

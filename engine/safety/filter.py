@@ -38,6 +38,7 @@ class Category(str, Enum):
     """Why a message is not answered by the model."""
 
     CRISIS = "crisis"
+    CHECK_IN = "check_in"  # maybe a crisis (the classifier is less sure): a fixed reply that asks and points to help
     HATE = "hate"
     VIOLENCE = "violence"
     SEXUAL = "sexual"
@@ -122,7 +123,7 @@ class SafetyFilter:
         if _is_crisis(plain):
             return Assessment(Category.CRISIS, "pattern", True)
         learned = self._learned(text, earlier)
-        if learned is not None and learned.category is Category.CRISIS:
+        if learned is not None and learned.category in (Category.CRISIS, Category.CHECK_IN):
             return learned
         if self.mode == "off":
             return Assessment()
@@ -152,6 +153,8 @@ class SafetyFilter:
             return Assessment(Category.CRISIS, "context", True)
         if hate >= limits.hate:
             return Assessment(Category.HATE, "classifier", True)
+        if crisis >= limits.check_in:
+            return Assessment(Category.CHECK_IN, "classifier", True)
         return Assessment(borderline=crisis >= limits.borderline_crisis or hate >= limits.borderline_hate
                           or max(scores[1:, 1], default=0.0) >= limits.borderline_hate)
 

@@ -12,6 +12,10 @@ DEFAULT_CRISIS_REPLY = (
     "you the support you deserve, but people can, right now: please reach out to someone you trust, or to a "
     "free, confidential crisis line. You can find one for your country at {url}. If you are in immediate "
     "danger, please call your local emergency number.")
+CHECK_IN_REPLY = (
+    "I want to make sure I understood you. Are you thinking about hurting yourself or ending your life? If you "
+    "are, please talk to someone you trust or to a free, confidential crisis line; you can find one for your "
+    "country at {url}. If I misread you, tell me a bit more and we'll keep talking.")
 ABUSE_REPLIES = {
     Category.HATE: "I don't agree with that. People shouldn't be put down for who they are. Let's talk about "
                    "something else.",
@@ -36,4 +40,6 @@ class SafetyReplies:
         """The fixed reply for a message of ``category``."""
         if category is Category.CRISIS:
             return self.crisis_text.replace("{url}", self.crisis_url)
+        if category is Category.CHECK_IN:
+            return CHECK_IN_REPLY.replace("{url}", self.crisis_url)
         return ABUSE_REPLIES[category]
