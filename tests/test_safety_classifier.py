@@ -93,6 +93,11 @@ def test_a_crisis_built_over_two_messages_is_caught(flt, classifier):
     assert flt.check_message(first) in HELP and flt.assess(second, [first]).category is Category.CRISIS
 
 
+def test_an_unrelated_earlier_turn_does_not_hide_a_built_up_crisis(flt):
+    """The message is read with its last one and last two earlier turns: "hi there" must not dilute it."""
+    assert flt.assess(BUILT_UP[1], ["hi there", BUILT_UP[0]]).category is Category.CRISIS
+
+
 def test_only_the_last_few_turns_are_read_together(flt, classifier):
     """A sad turn long ago does not make an everyday message a crisis."""
     earlier = [BUILT_UP[0]] + ["we watched a movie", "it was fun", "the popcorn was great"]

@@ -14,8 +14,9 @@ together in the engine). Rules (``standard`` / ``strict``):
 - check-in (a fixed reply that asks and points to help, for a less sure crisis score): the same rule for
   what the crisis threshold misses, within 45% / 60% of the look-alikes, 25% / 40% of the sad DiaSafety
   contexts, 3% / 6% of neutral ToxiGen statements and 0.5% / 1% of everyday chat;
-- crisis over the last turns together: the same on valid sequences, against sad-but-safe sequences
-  (15% / 30%) and windows of everyday chat (0.5% / 1%);
+- crisis over the last turns together (the engine reads the message with its last one and last two
+  earlier turns): the same on valid sequences, against sad-but-safe sequences (15% / 30%) and windows of
+  two and of three everyday messages (0.5% / 1%);
 - hate: the lowest threshold that flags at most 5% / 10% of valid neutral ToxiGen statements and 0.5% /
   1% of everyday chat;
 - borderline (no agreeing reply): the lowest threshold that marks at most 30% of valid neutral
@@ -78,7 +79,7 @@ def choose(clf: SafetyClassifier, data_dir: Path | None) -> tuple[dict, dict]:
     src = np.array(valid.sources)
     crisis_flag = np.array([f is Category.CRISIS for f in flags])
     any_flag = np.array([f is not None for f in flags])
-    windows_texts = everyday_windows(data_dir, 3000, "valid")
+    windows_texts = everyday_windows(data_dir, 1500, "valid", 2) + everyday_windows(data_dir, 1500, "valid", 3)
     windows = clf.message_scores(windows_texts)[:, 0]
     window_flag = np.zeros(len(windows), bool)
 

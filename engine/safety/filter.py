@@ -144,12 +144,13 @@ class SafetyFilter:
             return None
         limits = self.classifier.thresholds["standard" if self.mode == "off" else self.mode]
         recent = [t for t in earlier if t.strip()][-(self.classifier.context_turns - 1):]
-        texts = [text] + ([window_text([*recent, text])] if recent else [])
+        # the message with its last 1, 2, ... earlier turns: an unrelated older turn must not dilute a crisis
+        texts = [text] + [window_text([*recent[-k:], text]) for k in range(1, len(recent) + 1)]
         scores = self.classifier.message_scores(texts)
         crisis, hate = float(scores[0, 0]), float(scores[0, 1])
         if crisis >= limits.crisis:
             return Assessment(Category.CRISIS, "classifier", True)
-        if len(scores) > 1 and scores[1, 0] >= limits.crisis_context:
+        if len(scores) > 1 and scores[1:, 0].max() >= limits.crisis_context:
             return Assessment(Category.CRISIS, "context", True)
         if hate >= limits.hate:
             return Assessment(Category.HATE, "classifier", True)
