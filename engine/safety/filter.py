@@ -150,14 +150,14 @@ class SafetyFilter:
         crisis, hate = float(scores[0, 0]), float(scores[0, 1])
         if crisis >= limits.crisis:
             return Assessment(Category.CRISIS, "classifier", True)
-        if len(scores) > 1 and scores[1:, 0].max() >= limits.crisis_context:
+        if scores[1:, 0].max(initial=0.0) >= limits.crisis_context:
             return Assessment(Category.CRISIS, "context", True)
         if hate >= limits.hate:
             return Assessment(Category.HATE, "classifier", True)
         if crisis >= limits.check_in:
             return Assessment(Category.CHECK_IN, "classifier", True)
-        return Assessment(borderline=crisis >= limits.borderline_crisis or hate >= limits.borderline_hate
-                          or max(scores[1:, 1], default=0.0) >= limits.borderline_hate)
+        return Assessment(borderline=bool(crisis >= limits.borderline_crisis
+                                          or scores[:, 1].max() >= limits.borderline_hate))
 
     def candidates_ok(self, texts: list[str], context: str | None = None, wary: bool = False) -> list[bool]:
         """For each candidate reply: may it be sent? (:meth:`verdicts` says why not.)"""
