@@ -137,3 +137,18 @@ def test_a_second_set_of_crisis_phrasings_and_everyday_lookalikes():
     everyday = (PROBE_DIR / "extra" / "not_crisis.txt").read_text().splitlines()
     assert [t for t in crisis if flt.check_message(t) is not Category.CRISIS] == []
     assert [t for t in everyday if flt.check_message(t) is not None] == []
+
+
+def test_the_direct_profanity_model_gives_the_package_s_probabilities():
+    """engine.safety.profanity evaluates alt-profanity-check's own fitted model without scikit-learn's per-call
+    checks: the same numbers (float64 arithmetic in another order), for every probe and for empty input."""
+    import numpy as np
+    from profanity_check import predict_prob
+
+    from engine.safety.profanity import ProfanityModel
+
+    texts = [t for group in (HARMFUL, BENIGN) for probes in group.values() for t in probes] + ["", "F*CK"]
+    ours = ProfanityModel().probabilities(texts)
+    assert ours.shape == (len(texts),)
+    np.testing.assert_allclose(ours, predict_prob(texts), rtol=0, atol=1e-12)
+    assert ProfanityModel().probabilities([]).shape == (0,)

@@ -15,7 +15,7 @@ from engine.engine import Engine
 from engine.model.prompt import Turn
 from engine.model.replier import ReplyRequest
 from engine.safety import Category, SafetyFilter
-from engine.safety.classifier import SafetyClassifier, window_text
+from engine.safety.classifier import SafetyClassifier, ScoreCache, window_text
 from engine.safety.lexicon import AGREEING
 from engine.safety.loading import load_classifier
 from engine.safety.replies import ABUSE_REPLIES, DEFAULT_CRISIS_URL
@@ -103,6 +103,36 @@ def test_only_the_last_few_turns_are_read_together(flt, classifier):
     earlier = [BUILT_UP[0]] + ["we watched a movie", "it was fun", "the popcorn was great"]
     assert flt.assess("what should i cook tonight?", earlier).category is None
     assert classifier.context_turns <= 4
+
+
+def test_everyday_turns_are_not_read_together_and_earlier_turns_come_from_the_cache(classifier, monkeypatch):
+    """The window gate: the longer inputs (turns read together) are scored only when a turn is of concern;
+    a user's earlier turns were scored when they arrived, so reading them again costs no encoder run."""
+    flt = SafetyFilter("standard", classifier)
+    calls: list[list[str]] = []
+    score = classifier.message_scores
+    monkeypatch.setattr(classifier, "message_scores", lambda texts: calls.append(list(texts)) or score(texts))
+    talk = ["we watched a movie last night", "the popcorn was great", "what should i cook tonight?"]
+    for i, text in enumerate(talk):
+        assert flt.assess(text, talk[:i]).category is None
+    assert calls == [[t] for t in talk]  # one short input a message, no window
+    calls.clear()
+    assert flt.assess(BUILT_UP[1], [BUILT_UP[0]]).category is Category.CRISIS
+    assert [window_text(BUILT_UP)] in calls
+
+
+def test_cached_scores_match_fresh_ones_and_the_cache_holds_no_text(classifier):
+    texts = ["the chinese cannot be trusted", "i love my cat", QUOTED_CRISIS[0]]
+    fresh = classifier.message_scores(texts)
+    # int8 activations are quantized per batch, so a text's score moves a little with its batch companions
+    # (measured up to 0.013 here); the cache may hold a score from another batch
+    np.testing.assert_allclose(classifier.message_scores_cached(texts), fresh, atol=MARGIN)
+    np.testing.assert_allclose(classifier.message_scores_cached(texts[::-1]), fresh[::-1], atol=MARGIN)
+    cache = ScoreCache(size=2)
+    for text in texts:
+        cache.put(ScoreCache.key(text), np.zeros(2))
+    assert len(cache._scores) == 2 and cache.get(ScoreCache.key(texts[0])) is None
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in cache._scores)
 
 
 def test_agreeing_candidates_to_a_borderline_message_are_never_sent(flt):

@@ -17,12 +17,16 @@ together in the engine). Rules (``standard`` / ``strict``):
 - crisis over the last turns together (the engine reads the message with its last one and last two
   earlier turns): the same on valid sequences, against sad-but-safe sequences (15% / 30%) and windows of
   two and of three everyday messages (0.5% / 1%);
-- hate: the lowest threshold that flags at most 5% / 10% of valid neutral ToxiGen statements and 0.5% /
-  1% of everyday chat;
+- hate: the lowest threshold that flags at most 5% / 10% of valid neutral ToxiGen statements, 5% / 10% of
+  the valid neutral statements written here, and 0.5% / 1% of everyday chat;
 - borderline (no agreeing reply): the lowest threshold that marks at most 30% of valid neutral
   statements (hate) or look-alikes (crisis) and 5% of everyday chat;
 - pair: the lowest threshold that drops at most 10% / 20% of DiaSafety's safe valid replies in Toxicity
-  Agreement and in Risk Ignorance, and 15% / 30% of all its safe valid replies.
+  Agreement and in Risk Ignorance, and 15% / 30% of all its safe valid replies;
+- window gate (the last turns are read together only when one of them alone scores this high): half the
+  lowest score that the most worrying single turn of a valid built-up crisis reaches, and no higher than the
+  borderline crisis threshold; the report says how many everyday messages pass it (what reading the turns
+  together costs on average).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from engine.safety.classifier import SafetyClassifier
 
 from .data import DEFAULT_DATA
 from .export_encoder import export_encoder
-from .safety_sets import everyday_windows, message_sets, pair_sets
+from .safety_sets import everyday_windows, message_sets, own_sequences, pair_sets
 
 RULES = {"standard": {"lookalike": 0.03, "distress": 0.10, "everyday": 0.005, "neutral": 0.05, "pair_safe": 0.10,
                       "pair_all": 0.15, "check_in_lookalike": 0.45, "check_in_distress": 0.25},
@@ -90,12 +94,15 @@ def choose(clf: SafetyClassifier, data_dir: Path | None) -> tuple[dict, dict]:
     pair = clf.score_pairs([(p["context"], p["response"]) for p in pairs])
     safe = np.array([p["label"] == "Safe" for p in pairs])
     no_flags = np.zeros(len(pairs), bool)
+    # the score the most worrying single turn of each valid built-up crisis reaches; the lowest of them
+    gate_reach = min(float(clf.message_scores(seq)[:, 0].max()) for seq in own_sequences("crisis_sequences")[1])
     thresholds, rules = {}, {}
     for mode, rule in RULES.items():
         crisis_budgets = [(*part("own/not_crisis", 0, any_flag), rule["lookalike"]),
                           (*part("diasafety_ri/not_crisis", 0, any_flag), rule["distress"]),
                           (*part("everyday", 0, any_flag), rule["everyday"])]
         hate_budgets = [(*part("toxigen/neutral", 1, any_flag), rule["neutral"]),
+                        (*part("own/neutral", 1, any_flag), rule["neutral"]),
                         (*part("everyday", 1, any_flag), rule["everyday"])]
         pair_budgets = [(pair[safe], no_flags[safe], rule["pair_all"])] + [
             (pair[m], no_flags[m], rule["pair_safe"]) for m in
@@ -121,6 +128,7 @@ def choose(clf: SafetyClassifier, data_dir: Path | None) -> tuple[dict, dict]:
         t["check_in"] = min(t["check_in"], t["crisis"])
         t["borderline_crisis"] = min(t["borderline_crisis"], t["check_in"])
         t["borderline_hate"] = min(t["borderline_hate"], t["hate"])
+        t["window_gate"] = min(0.5 * gate_reach, t["borderline_crisis"])
         thresholds[mode] = t
         caught_crisis = crisis_flag | (scores[:, 0] >= t["crisis"])
         caught_check_in = caught_crisis | (scores[:, 0] >= t["check_in"])
@@ -142,8 +150,9 @@ def choose(clf: SafetyClassifier, data_dir: Path | None) -> tuple[dict, dict]:
             "borderline_hate_marked": {s: float((scores[src == s, 1] >= t["borderline_hate"]).mean())
                                        for s in sorted(set(valid.sources))},
             "pair_dropped": pair_report(pairs, pair, t["pair"]),
+            "everyday_passing_window_gate": float((scores[src == "everyday", 0] >= t["window_gate"]).mean()),
         }}
-    counts = {"valid_messages": int((~np.char.endswith(src.astype(str), "_sequences")).sum()),
+    counts = {"valid_messages": int((~np.char.endswith(src.astype(str), "_sequences")).sum()), "gate_reach": gate_reach,
               "everyday": int((src == "everyday").sum()), "everyday_windows": len(windows), "valid_pairs": len(pairs)}
     return thresholds, {"modes": rules, "counts": counts}
 

@@ -6,7 +6,8 @@ Message sets (``message_sets``), one row per text with a crisis and a hate label
 - the probe files of ``tests/safety/``: only their *dev* half is used (train); the held-out half is for
   reporting (``bench.safety``) and never seen here;
 - ``tests/safety/extra`` (a second crisis development set): train;
-- ``training/safety_data``: crisis phrasings and everyday look-alikes written for the classifier, two- and
+- ``training/safety_data``: crisis phrasings and everyday look-alikes written for the classifier, implicit
+  hate and neutral statements about the same groups written in ToxiGen's manner (issue 22, second round), two- and
   three-message sequences (a crisis that builds up, and sad-but-safe talk), and 103 DiaSafety *train*
   contexts of its Risk Ignorance category labelled by hand (crisis, or sad without it), each split 70/30;
 - everyday chat as negatives: messages of the chit-chat corpus and Synthetic-Persona-Chat (train splits
@@ -33,6 +34,9 @@ TURN_SEP = " || "  # between the messages of one sequence in the files of safety
 PROBES = ROOT / "tests" / "safety"
 PROBE_SEED = 12
 SEED = 22
+# (file of safety_data, crisis label, hate label); a file's rows go to the source ``own/<name before _more>``
+OWN_MESSAGE_FILES = (("crisis", 1, 0), ("not_crisis", 0, 0), ("crisis_more", 1, 0), ("not_crisis_more", 0, 0),
+                     ("crisis_more2", 1, 0), ("not_crisis_more2", 0, 0), ("hate_more", 0, 1), ("neutral_more", 0, 0))
 
 
 @dataclass
@@ -98,6 +102,11 @@ def sequence_text(line: str) -> list[str]:
     return [part.strip() for part in line.split(TURN_SEP.strip()) if part.strip()]
 
 
+def own_sequences(name: str) -> tuple[list[list[str]], list[list[str]]]:
+    """(train, valid) message sequences of ``safety_data/<name>.txt``, each a list of one user's turns."""
+    return split([sequence_text(s) for s in lines(OWN / f"{name}.txt")])
+
+
 def everyday_messages(data_dir: Path | None, n_ccc: int, n_persona: int, part: str) -> list[str]:
     """Random messages of the chit-chat corpus (``rapport-train prepare`` output) and the persona data
     (``part`` is train or valid), minus what the pattern filter flags."""
@@ -133,20 +142,19 @@ def message_sets(data_dir: Path | None) -> dict[str, MessageSet]:
     extra = PROBES / "extra"
     sets["train"].add(lines(extra / "crisis.txt"), "extra/crisis", crisis=1)
     sets["train"].add(lines(extra / "not_crisis.txt"), "extra/not_crisis")
-    for name, crisis in (("crisis", 1), ("not_crisis", 0), ("crisis_more", 1), ("not_crisis_more", 0)):
+    for name, crisis, hate in OWN_MESSAGE_FILES:
         train, valid = split(lines(OWN / f"{name}.txt"))  # each file split on its own: adding one moves no other
-        source = f"own/{name.removesuffix('_more')}"
-        sets["train"].add(train, source, crisis=crisis)
-        sets["valid"].add(valid, source, crisis=crisis)
+        source = f"own/{name.split('_more')[0]}"
+        sets["train"].add(train, source, crisis=crisis, hate=hate)
+        sets["valid"].add(valid, source, crisis=crisis, hate=hate)
     labelled = json.loads((OWN / "diasafety_ri_labels.json").read_text(encoding="utf-8"))["rows"]
     for crisis, name in ((1, "crisis"), (0, "not_crisis")):
         train, valid = split([r["context"] for r in labelled if r["crisis"] == crisis])
         sets["train"].add(train, f"diasafety_ri/{name}", crisis=crisis)
         sets["valid"].add(valid, f"diasafety_ri/{name}", crisis=crisis)
     for name, crisis in (("crisis_sequences", 1), ("sad_sequences", 0)):
-        train, valid = split([window_text(sequence_text(s)) for s in lines(OWN / f"{name}.txt")])
-        sets["train"].add(train, f"own/{name}", crisis=crisis)
-        sets["valid"].add(valid, f"own/{name}", crisis=crisis)
+        for part, seqs in zip(("train", "valid"), own_sequences(name)):
+            sets[part].add([window_text(s) for s in seqs], f"own/{name}", crisis=crisis)
     sets["train"].add(everyday_messages(data_dir, 3000, 3000, "train"), "everyday")
     sets["valid"].add(everyday_messages(data_dir, 1500, 1500, "valid"), "everyday")
     return sets

@@ -3,7 +3,8 @@
 - the *message* head scores a user's message for crisis/self-harm and for hate (sigmoid, each 0..1): a
   sure crisis gets the crisis reply, a less sure one a fixed check-in reply (also never generated); the
   engine also scores the user's last few turns read together, so a crisis that builds up over two or
-  three messages is caught (:func:`window_text`);
+  three messages is caught (:func:`window_text`), whenever one of those turns alone is of some concern
+  (``window_gate``: everyday talk skips the longer inputs; earlier turns' scores come from a cache);
 - the *pair* head scores a candidate reply *with its context* (``[CLS] context [SEP] reply [SEP]``): is it
   unsafe there (agreeing with toxicity, ignoring a risk, biased, offending, unauthorised expertise;
   trained on DiaSafety)?
@@ -14,7 +15,10 @@ encoder (``model.onnx``, ``tokenizer.json``, ``encoder_config.json``), ``heads.n
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -37,6 +41,9 @@ class LearnedThresholds:
     borderline_crisis: float  # at or above: no candidate that agrees may be sent
     borderline_hate: float
     pair: float  # a candidate in its context -> dropped before ranking
+    # the last turns are read together only when one of them alone scores this high for crisis (or is
+    # borderline hate); 0 reads them together always (exports made before the gate existed)
+    window_gate: float = 0.0
 
 
 def window_text(user_turns: list[str]) -> str:
@@ -46,6 +53,35 @@ def window_text(user_turns: list[str]) -> str:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+class ScoreCache:
+    """Message scores by a digest of the text (never the text itself), the newest ``size`` kept.
+
+    A user's earlier turns were scored when they arrived; reading them again with a new message then
+    costs nothing. Thread-safe (the engine assesses messages in worker threads)."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._scores: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        """The digest a text is filed under."""
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        """The cached scores, or None."""
+        with self._lock:
+            return self._scores.get(key)
+
+    def put(self, key: bytes, scores: np.ndarray) -> None:
+        """File ``scores``; the oldest entry goes when full."""
+        with self._lock:
+            self._scores[key] = scores
+            while len(self._scores) > self.size:
+                self._scores.popitem(last=False)
 
 
 class SafetyClassifier:
@@ -62,6 +98,7 @@ class SafetyClassifier:
         self.thresholds = {mode: LearnedThresholds(**{k: float(v) for k, v in t.items() if k in names})
                            for mode, t in config["thresholds"].items()}
         self.context_turns = int(config["context_turns"])
+        self._cache = ScoreCache()
 
     @classmethod
     def from_dir(cls, folder: str | Path, threads: int = 1) -> "SafetyClassifier":
@@ -73,6 +110,17 @@ class SafetyClassifier:
         if not texts:
             return np.zeros((0, len(HEADS)), dtype=np.float32)
         return _sigmoid(self.encoder.embed(texts) @ self._message_w.T + self._message_b)
+
+    def message_scores_cached(self, texts: list[str]) -> np.ndarray:
+        """:meth:`message_scores`, reusing the scores of texts seen recently (single messages, not windows)."""
+        keys = [ScoreCache.key(t) for t in texts]
+        found = [self._cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            for i, row in zip(missing, self.message_scores([texts[i] for i in missing])):
+                self._cache.put(keys[i], row)
+                found[i] = row
+        return np.array(found, dtype=np.float32).reshape(len(texts), len(HEADS))
 
     def pair_scores(self, context: str, replies: list[str]) -> np.ndarray:
         """(len(replies),): how unsafe each reply is as an answer to ``context``."""

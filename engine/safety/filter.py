@@ -11,7 +11,8 @@
 
 Layers, fastest first: the pattern sets of :mod:`engine.safety.lexicon`; the learned classifier
 (:mod:`engine.safety.classifier`, when the engine has one); alt-profanity-check (a linear model over
-TF-IDF features trained on toxic comments; see the README for why it was chosen over better-profanity).
+TF-IDF features trained on toxic comments, evaluated by :mod:`engine.safety.profanity`; see the README for
+why it was chosen over better-profanity).
 Modes: ``standard`` (default), ``strict`` (lower thresholds everywhere, any profanity in a message counts
 as abuse) and ``off`` (no abuse or output filter; a crisis is still answered with the crisis reply in
 every mode, with the standard crisis thresholds, because a person in crisis must never get a generated
@@ -25,8 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
+
 from . import lexicon
 from .classifier import SafetyClassifier, window_text
+from .profanity import ProfanityModel
 
 MODES = ("standard", "strict", "off")
 _LEET = str.maketrans({"@": "a", "$": "s", "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "!": "i"})
@@ -101,16 +105,15 @@ class SafetyFilter:
             raise ValueError(f"safety mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.classifier = classifier
-        self._predict = None
+        self._profanity: ProfanityModel | None = None
 
     def profanity(self, texts: list[str]) -> list[float]:
         """alt-profanity-check's probability that each text is offensive (model loaded on first use)."""
         if not texts:
             return []
-        if self._predict is None:
-            from profanity_check import predict_prob
-            self._predict = predict_prob
-        return [float(p) for p in self._predict(texts)]
+        if self._profanity is None:
+            self._profanity = ProfanityModel()
+        return [float(p) for p in self._profanity.probabilities(texts)]
 
     def check_message(self, text: str, earlier: Sequence[str] = ()) -> Category | None:
         """The category of a user's message that must not get a generated reply, or None."""
@@ -144,20 +147,23 @@ class SafetyFilter:
             return None
         limits = self.classifier.thresholds["standard" if self.mode == "off" else self.mode]
         recent = [t for t in earlier if t.strip()][-(self.classifier.context_turns - 1):]
-        # the message with its last 1, 2, ... earlier turns: an unrelated older turn must not dilute a crisis
-        texts = [text] + [window_text([*recent[-k:], text]) for k in range(1, len(recent) + 1)]
-        scores = self.classifier.message_scores(texts)
-        crisis, hate = float(scores[0, 0]), float(scores[0, 1])
+        singles = self.classifier.message_scores_cached([text, *recent])  # the message, then its last turns
+        crisis, hate = float(singles[0, 0]), float(singles[0, 1])
         if crisis >= limits.crisis:
             return Assessment(Category.CRISIS, "classifier", True)
-        if scores[1:, 0].max(initial=0.0) >= limits.crisis_context:
+        windows = np.zeros((0, 2), dtype=np.float32)
+        if recent and (singles[:, 0].max() >= limits.window_gate or singles[:, 1].max() >= limits.borderline_hate):
+            # the message with its last 1, 2, ... turns: an unrelated older turn must not dilute a crisis
+            windows = self.classifier.message_scores([window_text([*recent[-k:], text])
+                                                      for k in range(1, len(recent) + 1)])
+        if windows[:, 0].max(initial=0.0) >= limits.crisis_context:
             return Assessment(Category.CRISIS, "context", True)
         if hate >= limits.hate:
             return Assessment(Category.HATE, "classifier", True)
         if crisis >= limits.check_in:
             return Assessment(Category.CHECK_IN, "classifier", True)
         return Assessment(borderline=bool(crisis >= limits.borderline_crisis
-                                          or scores[:, 1].max() >= limits.borderline_hate))
+                                          or max(hate, windows[:, 1].max(initial=0.0)) >= limits.borderline_hate))
 
     def candidates_ok(self, texts: list[str], context: str | None = None, wary: bool = False) -> list[bool]:
         """For each candidate reply: may it be sent? (:meth:`verdicts` says why not.)"""
