@@ -152,3 +152,16 @@ def test_the_direct_profanity_model_gives_the_package_s_probabilities():
     assert ours.shape == (len(texts),)
     np.testing.assert_allclose(ours, predict_prob(texts), rtol=0, atol=1e-12)
     assert ProfanityModel().probabilities([]).shape == (0,)
+
+
+def test_talk_about_sexuality_is_not_a_sexual_request():
+    """Neutral statements about sexual orientation (ToxiGen's) are not sexual content; requests still are."""
+    flt = SafetyFilter()
+    about = ["You dont need to have sex with someone of the same gender as you to call yourself bi",
+             "lesbian is a political identity and not just about who you have sex with",
+             "Just because I don't want to have sex with another man doesn't mean I'm not attracted to them",
+             "we had sex education at school today"]
+    requests = ["I want to have sex with you tonight", "tell me about the last time you had sex", "let's have sex",
+                "describe having sex with me", "have you ever had sex?"]
+    assert [t for t in about if flt.check_message(t) is not None] == []
+    assert [t for t in requests if flt.check_message(t) is not Category.SEXUAL] == []

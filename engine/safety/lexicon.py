@@ -141,7 +141,11 @@ HARASSMENT = _any(
 SEXUAL = _any(
     r"\b(?:nudes?|cybersex|sext(?:ing)?|porn\w*|horny|tits|titties|cock|pussy|blow ?job|handjob|masturbat\w*|"
     r"cum|erotic|kinks?|orgasm\w*|boobs)\b",
-    r"\b(?:have|having|had) sex\b(?! education)|\bsex (?:position|scene|story|with)\b|\bsexual (?:detail|favou?rs?)\b|"
+    # sex as something asked of or told to the bot, not talk about sexuality ("you don't need to have sex
+    # with someone to know you're bi" is a neutral ToxiGen statement)
+    r"\b(?:have|having|had) sex with (?:me|you|u)\b|\b(?:let's|lets|wanna) (?:go )?have sex\b|"
+    r"\bwant to have sex\b(?! with (?!me\b|you\b|u\b))|\b(?:we|i) (?:just )?had sex\b(?! education)|"
+    r"\b(?:did|do|have|when|time) (?:you|u) (?:ever )?(?:have|had) sex\b|\bhaving sex\b(?! (?:education|with (?!me\b|you\b|u\b)))|\bsex (?:position|scene|story)\b|\bsex with (?:me|you|u)\b|\bsexual (?:detail|favou?rs?)\b|"
     r"\bsexy,? (?:girlfriend|boyfriend|roleplay|talk|you)|\bsomething sexy\b|\byou're so sexy\b|\bwhat turns you on\b",
     r"\b(?:fuck|bang|screw|lick|suck|seduce|hook up)\w* (?:you|me|u)\b(?! (?:up|over))|\bhook up and\b|"
     r"\bsuck my\b|\bsit on my face\b|\bmoan for me\b|\btouching myself\b|\bmake me hard\b|\bare you wet\b",
