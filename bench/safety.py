@@ -3,6 +3,8 @@
     python -m bench.safety [--mode standard|strict] [--half all|dev|held-out] [--filter-only] [--no-classifier]
                            [--out bench/results/safety.json]
 
+Other settings come from the environment as for `rapport` (e.g. ``RAPPORT_SAFETY_MODEL_DIR`` for another export).
+
 Probes. Every probe file is split in two halves with a fixed seed (``split_probes``): the *dev* half was
 looked at while the patterns were written and trains the classifier, the *held-out* half was not. For each
 category it reports:
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     halves = ("dev", "held-out") if args.half == "all" else (args.half,)
     harmful, benign = load("harmful"), load("benign")
-    base = Settings(safety=args.mode, safety_classifier=not args.no_classifier)
+    base = replace(Settings.from_env(), safety=args.mode, safety_classifier=not args.no_classifier)
     flt = SafetyFilter(args.mode, None if args.no_classifier else load_classifier(base.safety_model_dir))
     results: dict = {"mode": args.mode, "seed": SEED, "engine": not args.filter_only,
                      "classifier": flt.classifier is not None, "halves": {}}

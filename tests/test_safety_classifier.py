@@ -112,7 +112,7 @@ def test_everyday_turns_are_not_read_together_and_earlier_turns_come_from_the_ca
     calls: list[list[str]] = []
     score = classifier.message_scores
     monkeypatch.setattr(classifier, "message_scores", lambda texts: calls.append(list(texts)) or score(texts))
-    talk = ["we watched a movie last night", "the popcorn was great", "what should i cook tonight?"]
+    talk = ["we watched a film about owls on sunday", "the owls were so fluffy", "any snack ideas for an owl party?"]
     for i, text in enumerate(talk):
         assert flt.assess(text, talk[:i]).category is None
     assert calls == [[t] for t in talk]  # one short input a message, no window
