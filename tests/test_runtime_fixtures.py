@@ -32,6 +32,7 @@ def test_beam_matches_hf_generate(name):
 
 def test_layouts_detected():
     assert Seq2SeqModel.from_dir(FIXTURES / "tiny-bart").merged
+    assert Seq2SeqModel.from_dir(FIXTURES / "tiny-lstm").merged  # the recurrent state is its cache
     assert not Seq2SeqModel.from_dir(FIXTURES / "tiny-t5").merged
 
 

@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder."""
+"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder."""
 from __future__ import annotations
 
 import importlib
@@ -8,9 +8,10 @@ JOBS = {
     "prepare": ("training.prepare_cli", "clean and split the chit-chat corpus, extract profile facts"),
     "train": ("training.train", "train the seq2seq model (checkpoints, --resume, --max-minutes)"),
     "export": ("training.export", "export a checkpoint to int8 ONNX in exported_models/"),
+    "export-lstm": ("training.lstm_export", "export a `train --family lstm` checkpoint to ONNX (int8) in exported_models/"),
     "export-encoder": ("training.export_encoder", "export the MiniLM sentence encoder to ONNX"),
     "eval": ("training.evaluate", "evaluate an export on the held-out splits, write the model card"),
-    "fixtures": ("training.fixtures", "write the tiny BART and T5 test fixtures"),
+    "fixtures": ("training.fixtures", "write the tiny BART, T5 and LSTM test fixtures"),
     "build-index": ("training.build_index", "build the retrieval index of real replies"),
     "train-ranker": ("training.ranker", "fine-tune MiniLM as the reply ranker (bi-encoder)"),
     "train-safety": ("training.safety_train", "fine-tune MiniLM as the safety classifier (messages, context/reply pairs)"),

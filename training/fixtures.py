@@ -1,13 +1,17 @@
-"""Write tiny random BART and T5 exports and their Hugging Face ``generate`` outputs as test fixtures.
+"""Write tiny random BART, T5 and LSTM exports and their PyTorch ``generate`` outputs as test fixtures.
 
     rapport-train fixtures --out tests/fixtures
 
-BART is written with a merged decoder, T5 with decoder + decoder-with-past: both Optimum layouts.
+BART is written with a merged decoder, T5 with decoder + decoder-with-past: both Optimum layouts. The LSTM
+family (``training/lstm.py``) is written twice: ``tiny-lstm`` (99 tokens, greedy outputs of its own
+PyTorch ``generate``) and ``tiny-lstm-chat`` (the real tokenizer's 30,522 tokens, 8-wide, so the whole
+engine can talk through it in the fast tier).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,9 @@ import torch
 from transformers import (BartConfig, BartForConditionalGeneration, GenerationConfig, T5Config,
                           T5ForConditionalGeneration)
 
+from .lstm import LstmConfig, LstmSeq2Seq, build_lstm
+from .lstm_export import export_lstm_onnx
+from .modeling import CLS_ID, MINILM_VOCAB, PAD_ID, SEP_ID, minilm_dir
 from .onnx_export import export_onnx, merge_decoder_files
 
 BEAMS = 3
@@ -43,6 +50,30 @@ def hf_outputs(model, sources: list[list[int]], beams: int) -> list[list[int]]:
         return [model.generate(torch.tensor([s]), generation_config=config)[0].tolist()[1:] for s in sources]
 
 
+def tiny_lstm(vocab_size: int, pad: int, start: int, eos: int, width: int) -> LstmSeq2Seq:
+    """A small random LSTM seq2seq (seeded), with weights scaled up so greedy replies vary with the source."""
+    model = build_lstm(LstmConfig(vocab_size=vocab_size, embed_dim=width // 2, hidden=width, dropout=0.0,
+                                  pad_token_id=pad, decoder_start_token_id=start, eos_token_id=eos), seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(6)
+    return model.eval()
+
+
+def write_lstm_fixtures(out: Path, sources: list[list[int]]) -> None:
+    """``tiny-lstm`` with its PyTorch greedy outputs, and ``tiny-lstm-chat`` with the real tokenizer."""
+    model = tiny_lstm(99, pad=1, start=2, eos=2, width=32)
+    export_lstm_onnx(model, out / "tiny-lstm")
+    greedy = [[t for t in model.generate(torch.tensor([s]), max_new_tokens=MAX_NEW)[0].tolist()[1:] if t != 1]
+              for s in sources]
+    (out / "tiny-lstm" / "expected.json").write_text(json.dumps(
+        {"sources": sources, "greedy": greedy, "max_new_tokens": MAX_NEW}))
+    chat = out / "tiny-lstm-chat"
+    export_lstm_onnx(tiny_lstm(MINILM_VOCAB, pad=PAD_ID, start=CLS_ID, eos=SEP_ID, width=16), chat)
+    shutil.copy(minilm_dir() / "tokenizer.json", chat / "tokenizer.json")
+    (chat / "rapport_config.json").write_text(json.dumps({"model_type": "lstm", "reply_mode": "greedy"}))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="rapport-train fixtures", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("tests/fixtures"))
@@ -58,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         expected = {"sources": sources, "greedy": hf_outputs(model, sources, 1),
                     "beam": hf_outputs(model, sources, BEAMS), "num_beams": BEAMS, "max_new_tokens": MAX_NEW}
         (folder / "expected.json").write_text(json.dumps(expected))
+    write_lstm_fixtures(args.out, sources)
 
 
 if __name__ == "__main__":

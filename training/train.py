@@ -5,6 +5,8 @@
     rapport-train train --run ~/.cache/rapport/runs/scratch --scratch --max-examples 12000
     rapport-train train --run /tmp/runs/gpu --device cuda --bf16 --freeze-embeddings \
         --batch-size 128 --lr 2e-4 --max-minutes 6.5 --time-schedule --max-examples 100000000
+    rapport-train train --run ~/.cache/rapport/runs/lstm --family lstm --persona-data ../shared/data/synthetic-persona-chat \
+        --facts-tokens 64 --source-tokens 192 --lr 1e-3 --bf16 --max-minutes 60 --time-schedule
     rapport-train train --run ~/.cache/rapport/runs/persona --init-from ~/.cache/rapport/dequantized \
         --persona-data ../shared/data/synthetic-persona-chat --persona-share 0.7 \
         --facts-tokens 64 --source-tokens 192 --lr 5e-5 --bf16 --max-minutes 100 --time-schedule
@@ -43,7 +45,9 @@ from engine.model.prompt import PromptBudget
 from .data import DEFAULT_DATA, load_facts, load_splits
 from .examples import Encoded, ExampleEncoder, all_examples, encode_persona
 from .persona import depends_on, fact_dependent, load_persona_splits, persona_examples
-from .modeling import PAD_ID, CLS_ID, build_model, cross_attention_parameters, freeze_embeddings, minilm_dir
+from .lstm import LstmConfig, build_lstm
+from .modeling import (CLS_ID, MINILM_VOCAB, PAD_ID, SEP_ID, build_model, cross_attention_parameters,
+                       freeze_embeddings, minilm_dir)
 
 
 def collate(batch: list[Encoded]) -> dict[str, torch.Tensor]:
@@ -225,6 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--facts-tokens", type=int, default=PromptBudget.max_facts_tokens,
                    help="prompt budget of the bot's and of the user's facts, each")
     p.add_argument("--source-tokens", type=int, default=PromptBudget.max_source_tokens, help="prompt budget")
+    p.add_argument("--family", choices=("bart", "lstm"), default="bart",
+                   help="bart: the Transformer (MiniLM warm start); lstm: training/lstm.py, from scratch")
+    p.add_argument("--lstm-embed", type=int, default=256, help="lstm: token embedding width")
+    p.add_argument("--lstm-hidden", type=int, default=512, help="lstm: decoder width (each encoder direction half)")
+    p.add_argument("--lstm-layers", type=int, default=2, help="lstm: layers of the encoder and of the decoder")
     return p.parse_args(argv)
 
 
@@ -257,7 +266,11 @@ def main(argv: list[str] | None = None) -> None:
         user_dependent_other = [encoder.encode(ex, list(dependent[(i + 97) % len(dependent)].user_facts),
                                                list(ex.bot_facts)) for i, ex in enumerate(dependent)]
 
-    if args.init_from:
+    if args.family == "lstm":
+        model = build_lstm(LstmConfig(MINILM_VOCAB, args.lstm_embed, args.lstm_hidden, args.lstm_layers,
+                                      args.lstm_layers, pad_token_id=PAD_ID, decoder_start_token_id=CLS_ID,
+                                      eos_token_id=SEP_ID), seed=args.seed)
+    elif args.init_from:
         from transformers import BartForConditionalGeneration
         model = BartForConditionalGeneration.from_pretrained(args.init_from)
     else:
@@ -266,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         freeze_embeddings(model)
     model.to(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
-    cross = {id(p) for p in cross_attention_parameters(model)}
+    cross = set() if args.family == "lstm" else {id(p) for p in cross_attention_parameters(model)}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in trainable if id(p) not in cross], "lr": args.lr},

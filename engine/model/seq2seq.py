@@ -2,7 +2,9 @@
 
 Layouts: ``decoder_model_merged.onnx`` (with ``use_cache_branch``) or ``decoder_model.onnx`` +
 ``decoder_with_past_model.onnx``. The encoder runs once; the cross-attention cache of step 0 is
-kept for the whole reply and only the self-attention cache grows.
+kept for the whole reply and only the self-attention cache grows. A recurrent decoder (the LSTM family,
+``training/lstm_export.py``) uses the merged layout with its state as the cache: empty before step 0,
+replaced at every step.
 """
 from __future__ import annotations
 
@@ -86,7 +88,8 @@ class Seq2SeqModel:
         if "encoder_hidden_states" in self._input_names[id(session)]:
             feed["encoder_hidden_states"] = hidden
         if self.merged:
-            feed["use_cache_branch"] = np.array([use_cache])
+            if "use_cache_branch" in self._input_names[id(session)]:  # a recurrent decoder needs no branch flag
+                feed["use_cache_branch"] = np.array([use_cache])
             if not use_cache:
                 for inp in self._past_inputs:
                     shape = [tokens.shape[0] if isinstance(d, str) and "batch" in d else
