@@ -15,8 +15,8 @@ together in the engine). Rules (``standard`` / ``strict``):
   what the crisis threshold misses, within 45% / 60% of the look-alikes, 25% / 40% of the sad DiaSafety
   contexts, 3% / 6% of neutral ToxiGen statements and 0.5% / 1% of everyday chat;
 - crisis over the last turns together (the engine reads the message with its last one and last two
-  earlier turns): the same on valid sequences, against sad-but-safe sequences (15% / 30%) and windows of
-  two and of three everyday messages (0.5% / 1%);
+  earlier turns): the same on valid sequences, against sad-but-safe sequences (15% / 30%), calm sequences
+  with numbers and names (3% / 6%) and windows of two and of three everyday messages (0.5% / 1%);
 - hate: the lowest threshold that flags at most 5% / 10% of valid neutral ToxiGen statements, 5% / 10% of
   the valid neutral statements written here, and 0.5% / 1% of everyday chat;
 - borderline (no agreeing reply): the lowest threshold that marks at most 30% of valid neutral
@@ -25,8 +25,11 @@ together in the engine). Rules (``standard`` / ``strict``):
   Agreement and in Risk Ignorance, and 15% / 30% of all its safe valid replies;
 - window gate (the last turns are read together only when one of them alone scores this high): half the
   lowest score that the most worrying single turn of a valid built-up crisis reaches, and no higher than the
-  borderline crisis threshold; the report says how many everyday messages pass it (what reading the turns
-  together costs on average).
+  borderline crisis threshold (the turns of a built-up crisis score under the check-in threshold alone, by
+  definition); the report says how many everyday messages pass it (what reading the turns together costs on
+  average).
+
+``--thresholds-only`` chooses the thresholds again for an existing export (no ONNX conversion).
 """
 from __future__ import annotations
 
@@ -118,6 +121,7 @@ def choose(clf: SafetyClassifier, data_dir: Path | None) -> tuple[dict, dict]:
                                            (*part("everyday", 0, any_flag), rule["everyday"])]),
              "crisis_context": catch_all_within(*part("own/crisis_sequences", 0, crisis_flag),
                                                 [(*part("own/sad_sequences", 0, any_flag), rule["lookalike"] * 5),
+                                                 (*part("own/calm_sequences", 0, any_flag), rule["lookalike"]),
                                                  (windows, window_flag, rule["everyday"])]),
              "hate": within(hate_budgets),
              "borderline_crisis": within([(*part("own/not_crisis", 0, any_flag), BORDERLINE["near"]),
@@ -170,16 +174,18 @@ def pair_report(pairs: list[dict], scores: np.ndarray, threshold: float) -> dict
     return out
 
 
-def export(source: Path, out: Path, data_dir: Path | None) -> dict:
-    """Write the classifier folder; return its ``safety_config.json`` content."""
-    export_encoder(out, source, quantize=True, data_dir=None)
-    trained = json.loads((source / "safety_training.json").read_text())
-    config = json.loads((out / "encoder_config.json").read_text())
-    config.update(name="all-MiniLM-L6-v2, fine-tuned as Rapport's safety classifier", fine_tuned=trained)
-    (out / "encoder_config.json").write_text(json.dumps(config, indent=2))
-    heads = load_file(str(source / "heads.safetensors"))
-    np.savez(out / "heads.npz", message_weight=heads["message.weight"], message_bias=heads["message.bias"],
-             pair_weight=heads["pair.weight"], pair_bias=heads["pair.bias"])
+def export(source: Path | None, out: Path, data_dir: Path | None) -> dict:
+    """Write the classifier folder (``source`` None: keep its model, choose the thresholds again); return its
+    ``safety_config.json`` content."""
+    if source is not None:
+        export_encoder(out, source, quantize=True, data_dir=None)
+        trained = json.loads((source / "safety_training.json").read_text())
+        config = json.loads((out / "encoder_config.json").read_text())
+        config.update(name="all-MiniLM-L6-v2, fine-tuned as Rapport's safety classifier", fine_tuned=trained)
+        (out / "encoder_config.json").write_text(json.dumps(config, indent=2))
+        heads = load_file(str(source / "heads.safetensors"))
+        np.savez(out / "heads.npz", message_weight=heads["message.weight"], message_bias=heads["message.bias"],
+                 pair_weight=heads["pair.weight"], pair_bias=heads["pair.bias"])
     (out / "safety_config.json").write_text(json.dumps({"context_turns": CONTEXT_TURNS, "thresholds": {}}))
     clf = SafetyClassifier.from_dir(out)
     thresholds, report = choose(clf, data_dir)
@@ -193,10 +199,13 @@ def export(source: Path, out: Path, data_dir: Path | None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="rapport-train safety-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", type=Path, required=True, help="<run>/best of train-safety")
+    p.add_argument("--source", type=Path, help="<run>/best of train-safety")
     p.add_argument("--out", type=Path, default=Path("exported_models/safety-classifier"))
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="output of `prepare` (everyday chit-chat)")
+    p.add_argument("--thresholds-only", action="store_true", help="keep --out's model, choose its thresholds again")
     args = p.parse_args(argv)
+    if (args.source is None) != args.thresholds_only:
+        p.error("give --source, or --thresholds-only for an existing export")
     print(json.dumps(export(args.source, args.out, args.data)["thresholds"], indent=2))
 
 

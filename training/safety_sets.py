@@ -7,8 +7,10 @@ Message sets (``message_sets``), one row per text with a crisis and a hate label
   reporting (``bench.safety``) and never seen here;
 - ``tests/safety/extra`` (a second crisis development set): train;
 - ``training/safety_data``: crisis phrasings and everyday look-alikes written for the classifier, implicit
-  hate and neutral statements about the same groups written in ToxiGen's manner (issue 22, second round), two- and
-  three-message sequences (a crisis that builds up, and sad-but-safe talk), and 103 DiaSafety *train*
+  hate and neutral statements about the same groups written in ToxiGen's manner (issue 22, second round),
+  everyday text with numbers, names with digits and the word "message" (third round: the second learned
+  "my last message" as a crisis cue), two- and three-message sequences (a crisis that builds up, sad-but-safe
+  talk, and calm talk of that kind), and 103 DiaSafety *train*
   contexts of its Risk Ignorance category labelled by hand (crisis, or sad without it), each split 70/30;
 - everyday chat as negatives: messages of the chit-chat corpus and Synthetic-Persona-Chat (train splits
   for training, valid splits for validation), minus the few the pattern filter flags.
@@ -36,7 +38,8 @@ PROBE_SEED = 12
 SEED = 22
 # (file of safety_data, crisis label, hate label); a file's rows go to the source ``own/<name before _more>``
 OWN_MESSAGE_FILES = (("crisis", 1, 0), ("not_crisis", 0, 0), ("crisis_more", 1, 0), ("not_crisis_more", 0, 0),
-                     ("crisis_more2", 1, 0), ("not_crisis_more2", 0, 0), ("hate_more", 0, 1), ("neutral_more", 0, 0))
+                     ("crisis_more2", 1, 0), ("not_crisis_more2", 0, 0), ("hate_more", 0, 1), ("neutral_more", 0, 0),
+                     ("not_crisis_more3", 0, 0))
 
 
 @dataclass
@@ -152,7 +155,7 @@ def message_sets(data_dir: Path | None) -> dict[str, MessageSet]:
         train, valid = split([r["context"] for r in labelled if r["crisis"] == crisis])
         sets["train"].add(train, f"diasafety_ri/{name}", crisis=crisis)
         sets["valid"].add(valid, f"diasafety_ri/{name}", crisis=crisis)
-    for name, crisis in (("crisis_sequences", 1), ("sad_sequences", 0)):
+    for name, crisis in (("crisis_sequences", 1), ("sad_sequences", 0), ("calm_sequences", 0)):
         for part, seqs in zip(("train", "valid"), own_sequences(name)):
             sets[part].add([window_text(s) for s in seqs], f"own/{name}", crisis=crisis)
     sets["train"].add(everyday_messages(data_dir, 3000, 3000, "train"), "everyday")

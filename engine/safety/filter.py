@@ -151,19 +151,22 @@ class SafetyFilter:
         crisis, hate = float(singles[0, 0]), float(singles[0, 1])
         if crisis >= limits.crisis:
             return Assessment(Category.CRISIS, "classifier", True)
+        # each head reads the turns together only when one of the turns alone concerns it
+        crisis_gate = bool(singles[:, 0].max() >= limits.window_gate)
+        hate_gate = bool(singles[:, 1].max() >= limits.borderline_hate)
         windows = np.zeros((0, 2), dtype=np.float32)
-        if recent and (singles[:, 0].max() >= limits.window_gate or singles[:, 1].max() >= limits.borderline_hate):
+        if recent and (crisis_gate or hate_gate):
             # the message with its last 1, 2, ... turns: an unrelated older turn must not dilute a crisis
             windows = self.classifier.message_scores([window_text([*recent[-k:], text])
                                                       for k in range(1, len(recent) + 1)])
-        if windows[:, 0].max(initial=0.0) >= limits.crisis_context:
+        if crisis_gate and windows[:, 0].max(initial=0.0) >= limits.crisis_context:
             return Assessment(Category.CRISIS, "context", True)
         if hate >= limits.hate:
             return Assessment(Category.HATE, "classifier", True)
         if crisis >= limits.check_in:
             return Assessment(Category.CHECK_IN, "classifier", True)
-        return Assessment(borderline=bool(crisis >= limits.borderline_crisis
-                                          or max(hate, windows[:, 1].max(initial=0.0)) >= limits.borderline_hate))
+        return Assessment(borderline=bool(crisis >= limits.borderline_crisis or hate >= limits.borderline_hate
+                                          or (hate_gate and windows[:, 1].max(initial=0.0) >= limits.borderline_hate)))
 
     def candidates_ok(self, texts: list[str], context: str | None = None, wary: bool = False) -> list[bool]:
         """For each candidate reply: may it be sent? (:meth:`verdicts` says why not.)"""
