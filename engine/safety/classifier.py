@@ -85,7 +85,12 @@ class ScoreCache:
 
 
 class SafetyClassifier:
-    """Scores messages (crisis, hate) and context/reply pairs (unsafe) with one encoder."""
+    """Scores messages (crisis, hate) and context/reply pairs (unsafe) with one encoder.
+
+    Every text is encoded on its own (batches of one): the int8 encoder quantizes its activations per batch,
+    and a short message batched with longer ones scored up to 0.23 higher on the crisis head ("i hate my
+    life": 0.31 alone, 0.54 beside a longer text). One text a run gives every text the same score wherever
+    it is scored: in the engine, in threshold selection and in the benchmarks."""
 
     def __init__(self, folder: Path, threads: int = 1) -> None:
         self.folder = Path(folder)
@@ -109,7 +114,7 @@ class SafetyClassifier:
         """(len(texts), 2): crisis and hate scores of each text."""
         if not texts:
             return np.zeros((0, len(HEADS)), dtype=np.float32)
-        return _sigmoid(self.encoder.embed(texts) @ self._message_w.T + self._message_b)
+        return _sigmoid(self.encoder.embed(texts, batch_size=1) @ self._message_w.T + self._message_b)
 
     def message_scores_cached(self, texts: list[str]) -> np.ndarray:
         """:meth:`message_scores`, reusing the scores of texts seen recently (single messages, not windows)."""
@@ -130,4 +135,4 @@ class SafetyClassifier:
         """(len(pairs),): how unsafe each (context, reply) pair's reply is."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        return _sigmoid(self.encoder.embed_pairs(pairs) @ self._pair_w + self._pair_b)
+        return _sigmoid(self.encoder.embed_pairs(pairs, batch_size=1) @ self._pair_w + self._pair_b)
