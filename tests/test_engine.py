@@ -94,8 +94,9 @@ async def test_memory_survives_restart(tmp_path, replier, prefix):
         assert "i love hiking" in (await bot.send("ana", "/profile")).text
 
 
-# 50 real first names: "my name is Person38" gets the safety classifier's check-in reply (a false positive the
-# classifier's card lists), which is not what this test is about
+# 50 real first names, as users state them: this test is about order and memory under load, not about how the
+# safety classifier reads odd names (round 2 gave "my name is Person38" its check-in reply; tests of templated
+# talk live in test_safety_classifier.py)
 NAMES = ("Ana Ben Cleo Dev Eli Fay Gus Hana Ivo Jade Kai Lena Milo Nia Omar Pia Quinn Rosa Sam Tara Ugo Vera Wes "
          "Xena Yuri Zoe Abel Bea Cruz Dana Emil Flor Gil Hugo Iris Joel Kira Leo Maya Nils Olga Paz Remy Sara Theo "
          "Uma Vik Wren Yara Zeke").split()
