@@ -17,7 +17,7 @@ Per generator also: the user-facts and bot-persona NLL gains on fact-dependent t
 (``training.fact_use``, ``--fact-n`` examples), the persona probes (``bench.persona``, the whole engine),
 and in a child process of its own (``bench.compare``'s measure, 2 threads): a 20-token reply at batch 1
 (p50), the marginal cost of one token, 20 tokens for 50 users in one batch, and the child's peak RSS; the
-export's file size, parameters and training budget.
+export's file size, the weights its ONNX files hold and its training budget.
 """
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ def persona_probes(model: Path) -> dict:
 
 
 def cost(model: Path) -> dict:
-    """Latency and peak RSS (a child process of its own), file size, parameters and training budget."""
+    """Latency and peak RSS (a child process of its own), file size, weights and training budget."""
     child = subprocess.run([sys.executable, "-m", "bench.families", "--child-latency", str(model)],
                            check=True, capture_output=True, text=True)
     timings = json.loads(child.stdout.strip().splitlines()[-1])
@@ -187,17 +187,22 @@ def cost(model: Path) -> dict:
                                               "cpu_minutes": round(runtime.get("train_seconds", 0) / 60, 1),
                                               "gpu_minutes": 0, "start": "unknown"}
     return {**timings, "onnx_mb": sum(f.stat().st_size for f in files) / 2**20,
-            "parameters": runtime.get("parameters") or onnx_parameters(files), "training": total}
+            "onnx_weights": onnx_weights(files), "training": total}
 
 
-def onnx_parameters(files: list[Path]) -> int:
-    """Weights in ``files``: elements of every matrix-shaped initializer, each name counted once."""
+def onnx_weights(files: list[Path]) -> int:
+    """Weights the runtime holds: elements of every matrix-shaped initializer in ``files``, a tensor that
+    two graphs hold byte for byte counted once."""
+    import hashlib
+
     import onnx
+    from onnx import numpy_helper
     seen: dict[str, int] = {}
     for f in files:
         for init in onnx.load(str(f)).graph.initializer:
             if len(init.dims) >= 2:
-                seen[init.name.removesuffix("_quantized")] = int(np.prod(init.dims))
+                data = init.raw_data or numpy_helper.to_array(init).tobytes()
+                seen[hashlib.blake2b(data, digest_size=16).hexdigest()] = int(np.prod(init.dims))
     return sum(seen.values())
 
 
@@ -238,12 +243,12 @@ def markdown(result: dict) -> str:
         nll = (lambda row: ci(row[f"nll_minus_{first}"], 3) if f"nll_minus_{first}" in row else "-")
         lines.append(f"| {system} | {nll(p)} | {ci(p[f'f1_minus_{first}'], 1)} | {nll(c)} "
                      f"| {ci(c[f'f1_minus_{first}'], 1)} |")
-    lines += ["", "| generator | parameters | ONNX MB | 20-token reply, 1 user (p50 ms) | ms per token, 1 user "
+    lines += ["", "| generator | weights in the ONNX files | ONNX MB | 20-token reply, 1 user (p50 ms) | ms per token, 1 user "
               "| 20 tokens for 50 users in one batch (ms) | ms per token step, 50 users | peak RSS MB | training examples "
               "| CPU / GPU minutes | starts from |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for system, extra in result["generators"].items():
         k, t = extra["cost"], extra["cost"]["training"]
-        lines.append(f"| {system} | {k['parameters'] / 1e6:.1f}M | {k['onnx_mb']:.1f} | {k['reply_20_p50_ms']:.0f} "
+        lines.append(f"| {system} | {k['onnx_weights'] / 1e6:.1f}M | {k['onnx_mb']:.1f} | {k['reply_20_p50_ms']:.0f} "
                      f"| {k['per_token_ms']:.1f} | {k['batch_50_users_ms']:.0f} | {k['batch_50_users_ms'] / 20:.1f} | {k['peak_rss_mb']:.0f} "
                      f"| {t['examples']:,} | {t['cpu_minutes']} / {t['gpu_minutes']} | {t['start']} |")
     return "\n".join(lines) + "\n"

@@ -84,3 +84,27 @@ async def test_the_engine_talks_through_a_tiny_lstm(settings):
         assert (await bot.send("ana", "what's my name?")).text == "Your name is Ana."
         assert (await bot.send("ana", "I want to kill myself")).kind == "safety"
         assert "haven't told me" in (await bot.send("bob", "what's my name?")).text
+
+
+def test_the_shipped_lstm_decodes_as_pytorch_did():
+    """The shipped LSTM against the PyTorch greedy tokens and log-probs recorded at export (held-out prompts).
+
+    At export the fp32 graphs decoded every prompt exactly as PyTorch; int8 rounds weights and, per call,
+    activations, and CPUs without VNNI round the same int8 products along another path. The export measured
+    int8's error on this machine (``int8_mean_abs_logprob_diff``, about 0.013 nats); the bounds below allow
+    a few times that, and three prompts whose greedy path turns at a near tie."""
+    from engine.config import MODELS
+    folder = MODELS / "rapport-chat-lstm"
+    report = json.loads((folder / "export_report.json").read_text())
+    assert json.loads((folder / "rapport_config.json").read_text())["model_type"] == "lstm"
+    sources, greedy = report["sources"], report["pytorch_greedy"]
+    assert report["fp32_greedy_equal"] == len(sources) == 16
+    runtime = Seq2SeqModel.from_dir(folder)
+    config = GenerationConfig(max_new_tokens=report["max_new_tokens"])
+    got = [[t for t in runtime.generate(s, config)[0].ids if t != runtime.eos_id] for s in sources]
+    assert sum(g == w for g, w in zip(got, greedy)) >= len(sources) - 3
+    targets = [g + [runtime.eos_id] for g in greedy]
+    scores = runtime.score(sources, targets)
+    diffs = np.concatenate([np.abs(scores[i, : len(t)] - report["pytorch_logprobs"][i]) for i, t in enumerate(targets)])
+    assert diffs.mean() < max(0.05, 4 * report["int8_mean_abs_logprob_diff"])
+    assert len({tuple(g) for g in greedy}) > 4  # the replies depend on the prompt
