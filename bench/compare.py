@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         print(json.dumps(measure(args.child, args.work, args.model)))
         return {}
+    from engine.hardware import describe, machine
+    host = machine()
+    print(f"machine: {describe(host)}; onnxruntime picks its int8 kernels by the CPU and cannot be made to "
+          "take another CPU's path, so run this command on each CPU kind to compare them", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     info = prepare(args.model, args.work)
     bandwidth = memory_bandwidth_gbs()
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         if reference:
             r["agreement_with_pytorch_fp32"] = float(np.mean([a == b for a, b in zip(r["tokens"], reference)]))
         r.pop("tokens")
-    summary = {"memory_bandwidth_gb_s": bandwidth, **info, "tokens": TOKENS, "threads": THREADS,
+    summary = {"machine": host, "memory_bandwidth_gb_s": bandwidth, **info, "tokens": TOKENS, "threads": THREADS,
                "runtimes": results}
     ours = results.get("rapport-onnx-int8", {})
     for other in ("ctranslate2-int8", "ctranslate2-fp32", "pytorch-fp32", "pytorch-int8"):

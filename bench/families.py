@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = child_latency(args.child_latency)
         print(json.dumps(result))
         return result
+    from engine.hardware import describe, machine
+    host = machine()
+    print(f"machine: {describe(host)}", flush=True)
     budgets = {m: prompt_budget(m) for m in args.models}
     if len(set(budgets.values())) > 1:
         raise SystemExit(f"the models read different prompts ({budgets}); compare models with one budget")
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.index, args.encoder, sets, SentenceEncoder.from_dir(args.zero_shot_encoder))
     first = args.models[0].name
     result = {"command": "python -m bench.families " + " ".join(sys.argv[1:] if argv is None else argv),
-              "first": first, "quality": summarize(sets, answers, first),
+              "machine": host, "first": first, "quality": summarize(sets, answers, first),
               "generators": {m.name: {"facts": fact_gains(m, args.fact_n), "probes": persona_probes(m),
                                       "cost": cost(m)} for m in args.models},
               "samples": {name: {s.name: got[s.name]["replies"][:5] for s in sets} for name, got in answers.items()}}

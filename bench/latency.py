@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--messages", type=int, default=10, help="messages of the single user")
     p.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     args = p.parse_args(argv)
+    from engine.hardware import describe, machine
+    host = machine()
+    print(f"machine: {describe(host)}", flush=True)
     replier = Replier.from_dirs(args.model, args.encoder, index_dir=DEFAULT_INDEX)
     bandwidth = memory_bandwidth_gbs()
     decoder_bytes = decoder_bytes_per_token(args.model)
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": str(args.model),
     }
     width = max(len(k) for k in result)
+    result["machine"] = host
     for key, value in result.items():
         print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

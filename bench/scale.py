@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-latency", action="store_true", help="only the profile and the workers")
     p.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     args = p.parse_args(argv)
-    result = asyncio.run(run(args))
+    from engine.hardware import describe, machine
+    host = machine()
+    print(f"machine: {describe(host)}", flush=True)
+    result = {"machine": host, **asyncio.run(run(args))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     return result

