@@ -128,7 +128,6 @@ async def run(args: argparse.Namespace) -> dict:
     one = result["workers"][0]["messages_per_s"] if result["workers"] else None
     for row in result["workers"]:
         row["vs_one_worker"] = row["messages_per_s"] / one
-    result["cores"] = os.cpu_count()
     return result
 
 
