@@ -24,6 +24,7 @@ DEFAULT_MODEL = MODELS / "rapport-chat-persona"
 DEFAULT_ENCODER = MODELS / "minilm-l6-v2-encoder"
 DEFAULT_INDEX = MODELS / "ccc-reply-index"
 DEFAULT_SAFETY_MODEL = MODELS / "safety-classifier"
+DEFAULT_PROFANITY = MODELS / "profanity-check"  # alt-profanity-check's arrays (rapport-train export-profanity)
 
 
 class ConfigError(ValueError):

@@ -85,12 +85,18 @@ class Engine:
         return cls(settings, store, replier, embedded)
 
     async def start(self) -> None:
-        """Check that Redis answers; raise a clear error if not."""
+        """Check that Redis answers (raise a clear error if not), then warm the models up, so the first
+        user does not wait for their first run."""
         try:
             await self.store.ping()
         except Exception as exc:
             raise ConnectionError(f"cannot reach Redis at {self.settings.redis_url or 'the embedded server'}: {exc}. "
                                   "Check REDIS_URL or unset it to use the embedded server.") from exc
+        await asyncio.to_thread(self._warm_up)
+
+    def _warm_up(self) -> None:
+        self.replier.warm_up()
+        self.safety.warm_up()
 
     async def stop(self) -> None:
         """Finish a pending disk purge, close connections, stop the worker thread and the embedded server."""

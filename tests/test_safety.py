@@ -139,19 +139,31 @@ def test_a_second_set_of_crisis_phrasings_and_everyday_lookalikes():
     assert [t for t in everyday if flt.check_message(t) is not None] == []
 
 
-def test_the_direct_profanity_model_gives_the_package_s_probabilities():
-    """engine.safety.profanity evaluates alt-profanity-check's own fitted model without scikit-learn's per-call
-    checks: the same numbers (float64 arithmetic in another order), for every probe and for empty input."""
+def test_the_direct_profanity_model_gives_the_package_s_probabilities(tmp_path):
+    """engine.safety.profanity evaluates the arrays exported from alt-profanity-check's fitted model with numpy
+    alone: the package's numbers (float64 arithmetic in another order), for every probe, repeated and
+    accented words, text with no known word, and empty input; and a fresh export equals the shipped one."""
+    import json
+
     import numpy as np
     from profanity_check import predict_prob
 
+    from engine.config import DEFAULT_PROFANITY
     from engine.safety.profanity import ProfanityModel
+    from training.profanity_export import export
 
-    texts = [t for group in (HARMFUL, BENIGN) for probes in group.values() for t in probes] + ["", "F*CK"]
-    ours = ProfanityModel().probabilities(texts)
+    texts = [t for group in (HARMFUL, BENIGN) for probes in group.values() for t in probes]
+    texts += ["", "F*CK", "shit shit SHIT, you idiot idiot", "Déjà vu, naïve café", "zzqx", "a b c", "you're a moron!!!"]
+    model = ProfanityModel(DEFAULT_PROFANITY)
+    ours = model.probabilities(texts)
     assert ours.shape == (len(texts),)
     np.testing.assert_allclose(ours, predict_prob(texts), rtol=0, atol=1e-12)
-    assert ProfanityModel().probabilities([]).shape == (0,)
+    assert model.probabilities([]).shape == (0,)
+    fresh = tmp_path / "profanity"
+    export(fresh)
+    assert json.loads((fresh / "vocabulary.json").read_text()) == json.loads((DEFAULT_PROFANITY / "vocabulary.json").read_text())
+    shipped, again = np.load(DEFAULT_PROFANITY / "profanity.npz"), np.load(fresh / "profanity.npz")
+    assert all(np.array_equal(shipped[k], again[k]) for k in shipped.files)
 
 
 def test_talk_about_sexuality_is_not_a_sexual_request():

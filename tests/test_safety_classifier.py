@@ -15,7 +15,8 @@ from engine.engine import Engine
 from engine.model.prompt import Turn
 from engine.model.replier import ReplyRequest
 from engine.safety import Category, SafetyFilter
-from engine.safety.classifier import SafetyClassifier, ScoreCache, window_text
+from engine.model.digest_cache import DigestCache
+from engine.safety.classifier import SafetyClassifier, window_text
 from engine.safety.lexicon import AGREEING
 from engine.safety.loading import load_classifier
 from engine.safety.replies import ABUSE_REPLIES, DEFAULT_CRISIS_URL
@@ -137,11 +138,11 @@ def test_cached_scores_match_fresh_ones_and_the_cache_holds_no_text(classifier):
     # every text is encoded on its own, so a cached score is the score it would get again
     np.testing.assert_allclose(classifier.message_scores_cached(texts), fresh, atol=1e-6)
     np.testing.assert_allclose(classifier.message_scores_cached(texts[::-1]), fresh[::-1], atol=1e-6)
-    cache = ScoreCache(size=2)
+    cache = DigestCache(size=2)
     for text in texts:
-        cache.put(ScoreCache.key(text), np.zeros(2))
-    assert len(cache._scores) == 2 and cache.get(ScoreCache.key(texts[0])) is None
-    assert all(isinstance(k, bytes) and len(k) == 16 for k in cache._scores)
+        cache.put(DigestCache.key(text), np.zeros(2))
+    assert len(cache._items) == 2 and cache.get(DigestCache.key(texts[0])) is None
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in cache._items)
 
 
 def test_agreeing_candidates_to_a_borderline_message_are_never_sent(flt):

@@ -1,4 +1,8 @@
-"""Sentence encoder (all-MiniLM-L6-v2 in ONNX): text -> unit vector, mean-pooled."""
+"""Sentence encoder (all-MiniLM-L6-v2 in ONNX): text -> unit vector, mean-pooled.
+
+With ``cache_size`` > 0 the vectors of recent texts are kept (by digest, :mod:`.digest_cache`): the
+engine embeds a user's message, then its recent turns and the reply it chose, and would otherwise embed
+the same texts again at the next message."""
 from __future__ import annotations
 
 import json
@@ -7,14 +11,16 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from .digest_cache import DigestCache
 from .onnx_session import onnx_session
 
 
 class SentenceEncoder:
     """Embeds texts into one space used for ranking replies and for users' profile vectors."""
 
-    def __init__(self, folder: Path, threads: int = 2) -> None:
+    def __init__(self, folder: Path, threads: int = 2, cache_size: int = 0) -> None:
         self.folder = Path(folder)
+        self._cache = DigestCache(cache_size) if cache_size > 0 else None
         config = json.loads((self.folder / "encoder_config.json").read_text())
         self.dim = int(config["dim"])
         self.max_tokens = int(config["max_tokens"])
@@ -24,13 +30,26 @@ class SentenceEncoder:
         self.session = onnx_session(self.folder / "model.onnx", threads)
 
     @classmethod
-    def from_dir(cls, folder: str | Path, threads: int = 2) -> "SentenceEncoder":
-        """Load an exported encoder folder."""
-        return cls(Path(folder), threads)
+    def from_dir(cls, folder: str | Path, threads: int = 2, cache_size: int = 0) -> "SentenceEncoder":
+        """Load an exported encoder folder (keeping the vectors of the last ``cache_size`` texts)."""
+        return cls(Path(folder), threads, cache_size)
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Unit-norm float32 vectors, shape (len(texts), dim)."""
-        return self._pooled(texts, batch_size)
+        """Unit-norm float32 vectors, shape (len(texts), dim); each distinct text not in the cache is
+        encoded once."""
+        if self._cache is None:
+            return self._pooled(texts, batch_size)
+        keys = [DigestCache.key(t) for t in texts]
+        found = {k: v for k in set(keys) if (v := self._cache.get(k)) is not None}
+        missing = {k: t for k, t in zip(keys, texts) if k not in found}
+        if missing:
+            for k, vec in zip(missing, self._pooled(list(missing.values()), batch_size)):
+                self._cache.put(k, vec)
+                found[k] = vec
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, k in enumerate(keys):
+            out[row] = found[k]
+        return out
 
     def embed_pairs(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
         """Unit-norm vectors of (first, second) text pairs read as one input, ``[CLS] a [SEP] b [SEP]``

@@ -1,4 +1,14 @@
-"""The one way Rapport opens an ONNX model: CPU provider, all graph optimisations, a fixed thread count."""
+"""The one way Rapport opens an ONNX model: CPU provider, all graph optimisations, a fixed thread count,
+and spinning only where runs follow each other closely.
+
+onnxruntime's intra-op threads spin (busy-wait) after each run by default, to pick up the next run
+quickly. The engine runs several sessions one after another (the chat model's encoder and decoder, the
+ranker, the safety classifier), and each session's spinning threads took the cores from the next one: on
+2 cores a one-user reply took 1.5-2x as long with every session spinning (issue 24's notes). Only the
+decoder, which runs once per token in a tight loop, keeps spinning.
+
+The memory arena is off: onnxruntime's arena keeps the largest buffers a run ever needed (a 50-user batch),
+and a process peaked about 45 MB higher with it, no faster."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +16,13 @@ from pathlib import Path
 import onnxruntime as ort
 
 
-def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
-    """An inference session on ``path`` using ``threads`` intra-op threads (one inter-op thread)."""
+def onnx_session(path: Path, threads: int, spin: bool = False) -> ort.InferenceSession:
+    """An inference session on ``path`` using ``threads`` intra-op threads (one inter-op thread); they
+    sleep between runs unless ``spin``."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_cpu_mem_arena = False
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ TEMPLATE_SLOT = re.compile(r"\[[^\[\]]{1,40}\]")  # of the persona data ("i'm [n
 LOST_FOR_WORDS = "Sorry, I'm lost for words. Could you say that another way?"
 SAFE_FALLBACK = "Hmm, I'm not sure what to say to that. Tell me more, or let's talk about something else?"
 NEAR_COPY = 0.9  # cosine above which a candidate repeats a recent turn
+EMBEDDING_CACHE = 4096  # texts whose vectors the ranker keeps (6 MB): recent turns are embedded once
 CLAIM_PENALTY = 10.0  # more than any spread of the other score parts: a claim is sent only when all candidates make one
 
 
@@ -121,7 +123,7 @@ class Replier:
     def __init__(self, model: Seq2SeqModel, codec: TextCodec, encoder: SentenceEncoder | None,
                  budget: PromptBudget = PromptBudget(), weights: RankWeights = RankWeights(),
                  time_budget_s: float = 5.0, index: ReplyIndex | None = None, retrieve_k: int = 8,
-                 max_rows: int = 32, mode: str = "hybrid") -> None:
+                 max_rows: int = 32, mode: str = "hybrid", filter_threads: int = 2) -> None:
         if index is not None and encoder is None:
             raise ValueError("a reply index needs the sentence encoder that built it")
         if mode not in REPLY_MODES:
@@ -136,6 +138,9 @@ class Replier:
         self.index = index
         self.retrieve_k = retrieve_k
         self.max_rows = max_rows
+        self.filter_threads = filter_threads
+        self._filters: ThreadPoolExecutor | None = None  # runs the output filters of a batch side by side
+        self._warm = False
 
     @classmethod
     def from_dirs(cls, model_dir: Path, encoder_dir: Path | None, threads: int = 2,
@@ -154,11 +159,20 @@ class Replier:
             mode = mode or data.get("reply_mode")
         if profile_weight is not None:
             weights = replace(weights, profile=profile_weight)
-        encoder = SentenceEncoder.from_dir(encoder_dir, threads) if encoder_dir and encoder_dir.exists() else None
+        encoder = SentenceEncoder.from_dir(encoder_dir, threads, cache_size=EMBEDDING_CACHE) \
+            if encoder_dir and encoder_dir.exists() else None
         index = None
         if encoder is not None and index_dir is not None and index_dir.exists():
             index = ReplyIndex.load(index_dir, encoder.folder / "model.onnx")
-        return cls(model, codec, encoder, budget, weights, index=index, mode=mode or "hybrid", **kwargs)
+        return cls(model, codec, encoder, budget, weights, index=index, mode=mode or "hybrid",
+                   filter_threads=threads, **kwargs)
+
+    def warm_up(self) -> None:
+        """Answer one made-up message, once per replier: the first run of each ONNX session costs
+        about a second (buffers are allocated, kernels chosen), which would otherwise fall on a user."""
+        if not self._warm:
+            self.reply_batch([ReplyRequest([Turn("hi! how are you today?", True)], [], [], None)])
+            self._warm = True
 
     def source_ids(self, turns: list[Turn], persona: list[str], user_facts: list[str]) -> list[int]:
         """Model input for this conversation."""
@@ -333,9 +347,10 @@ class Replier:
                 for text, score in cands:
                     pools[n].setdefault(text, score)
         had_candidates = [bool(pool) for pool in pools]
-        for n, req in enumerate(requests):  # the output filter
-            if req.keep is not None and pools[n]:
-                pools[n] = {t: s for (t, s), ok in zip(pools[n].items(), req.keep(list(pools[n]))) if ok}
+        filtered = [n for n, req in enumerate(requests) if req.keep is not None and pools[n]]
+        for n, verdicts in zip(filtered, self._map_filters([requests[n].keep for n in filtered],
+                                                           [list(pools[n]) for n in filtered])):
+            pools[n] = {t: s for (t, s), ok in zip(pools[n].items(), verdicts) if ok}
         recents = [[t.text for t in req.turns[-4:]] for req in requests]
         facts = [req.user_facts for req in requests]
         vectors: list[np.ndarray | None] = [None] * len(requests)
@@ -358,6 +373,15 @@ class Replier:
             out.append(self.rank(context_vecs[n], list(pools[n].items()), profiles[n], recents[n],
                                  req.style, vectors[n], claims, priors[n], req.taste)[0])
         return out
+
+    def _map_filters(self, keeps: list[Callable[[list[str]], list[bool]]], texts: list[list[str]]) -> list[list[bool]]:
+        """Each output filter on its texts; with several, ``filter_threads`` at a time (the safety
+        classifier scores one text a run on one thread, so a batch's filters would leave cores idle)."""
+        if len(keeps) < 2 or self.filter_threads < 2:
+            return [keep(t) for keep, t in zip(keeps, texts)]
+        if self._filters is None:
+            self._filters = ThreadPoolExecutor(self.filter_threads, thread_name_prefix="rapport-filter")
+        return list(self._filters.map(lambda kt: kt[0](kt[1]), zip(keeps, texts)))
 
     def _pool_priors(self, pools: list[dict[str, float]]) -> list[np.ndarray | None]:
         """:meth:`priors` of every pool's candidates in one decoder run; None for each when MMI is off."""

@@ -2,7 +2,10 @@
 
 Layouts: ``decoder_model_merged.onnx`` (with ``use_cache_branch``) or ``decoder_model.onnx`` +
 ``decoder_with_past_model.onnx``. The encoder runs once; the cross-attention cache of step 0 is
-kept for the whole reply and only the self-attention cache grows. A recurrent decoder (the LSTM family,
+kept for the whole reply and only the self-attention cache grows. A batch encodes in chunks of
+similar length (less padding, a smaller peak of memory), and a row that has finished leaves the
+batch (with the source padding no live row needs), so later steps decode only the rows still writing.
+A recurrent decoder (the LSTM family,
 ``training/lstm_export.py``) uses the merged layout with its state as the cache: empty before step 0,
 replaced at every step.
 """
@@ -20,6 +23,10 @@ from .generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetiti
                          nucleus_sample)
 
 
+ENCODE_TOKENS = 1024  # padded source tokens encoded together: the encoder holds ~50 KB a token while it runs,
+# and beyond ~500 tokens a bigger run is no faster per token (bench.latency, issue 24)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A generated token sequence (without the start token) and its summed log-probability."""
@@ -31,6 +38,17 @@ class Candidate:
     def mean_logprob(self) -> float:
         """Log-probability per generated token."""
         return self.logprob / max(1, len(self.ids))
+
+
+def _keep_rows(keep: np.ndarray, hidden: np.ndarray, mask: np.ndarray,
+               past: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The ``keep`` rows of a decoding batch, cut to the source positions any of them still reads
+    (sources are right-padded; the cross-attention cache is cut the same way)."""
+    mask = mask[keep]
+    width = max(1, int(mask.sum(1).max()))
+    cut = {name: value[keep][:, :, :width] if ".encoder." in name else value[keep] for name, value in past.items()}
+    return (np.ascontiguousarray(hidden[keep][:, :width]), np.ascontiguousarray(mask[:, :width]),
+            {name: np.ascontiguousarray(value) for name, value in cut.items()})
 
 
 def _pick(folder: Path, *names: str) -> Path | None:
@@ -56,7 +74,7 @@ class Seq2SeqModel:
             raise FileNotFoundError(f"{folder} has no encoder_model.onnx: not an Optimum seq2seq export")
         self.encoder = onnx_session(encoder, threads)
         if merged is not None:
-            self.decoder = self.decoder_with_past = onnx_session(merged, threads)
+            self.decoder = self.decoder_with_past = onnx_session(merged, threads, spin=True)
         else:
             first = _pick(folder, "decoder_model.onnx", "decoder_model_quantized.onnx")
             past = _pick(folder, "decoder_with_past_model.onnx", "decoder_with_past_model_quantized.onnx")
@@ -64,7 +82,7 @@ class Seq2SeqModel:
                 raise FileNotFoundError(f"{folder} needs decoder_model_merged.onnx or decoder_model.onnx + "
                                         "decoder_with_past_model.onnx")
             self.decoder = onnx_session(first, threads)
-            self.decoder_with_past = onnx_session(past, threads)
+            self.decoder_with_past = onnx_session(past, threads, spin=True)
         self.merged = merged is not None
         self._input_names = {id(sess): {i.name for i in sess.get_inputs()}
                              for sess in (self.decoder, self.decoder_with_past)}
@@ -82,6 +100,25 @@ class Seq2SeqModel:
         """Encoder hidden states, (batch, src, d)."""
         return self.encoder.run(None, {"input_ids": input_ids.astype(np.int64),
                                        "attention_mask": attention_mask.astype(np.int64)})[0]
+
+    def encode_sources(self, sources: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Hidden states and attention mask of right-padded ``sources``, (batch, longest, d) and
+        (batch, longest). Sources are encoded shortest first in chunks of at most ENCODE_TOKENS padded
+        tokens, each padded only to its own longest row; padded positions hold zeros (masked wherever
+        they are read)."""
+        ids, mask = self.pad(sources)
+        order = list(np.argsort([len(s) for s in sources], kind="stable"))
+        hidden: np.ndarray | None = None
+        while order:
+            rows = [order.pop(0)]
+            while order and (len(rows) + 1) * len(sources[order[0]]) <= ENCODE_TOKENS:
+                rows.append(order.pop(0))
+            width = max(1, len(sources[rows[-1]]))
+            states = self.encode(ids[rows, :width], mask[rows, :width])
+            if hidden is None:
+                hidden = np.zeros((len(sources), ids.shape[1], states.shape[-1]), dtype=states.dtype)
+            hidden[rows, :width] = states
+        return hidden, mask
 
     def _feed(self, session, tokens, hidden, mask, past, use_cache: bool) -> dict:
         feed = {"input_ids": tokens.astype(np.int64), "encoder_attention_mask": mask.astype(np.int64)}
@@ -154,8 +191,7 @@ class Seq2SeqModel:
     def generate_batch(self, sources: list[list[int]], config: GenerationConfig) -> list[list[Candidate]]:
         """:meth:`generate` for several sources decoded together: one encoder run, and one decoder run
         per step for every row of every source (the batch that makes concurrent users cheap)."""
-        ids, mask = self.pad(sources)
-        hidden = self.encode(ids, mask)
+        hidden, mask = self.encode_sources(sources)
         if config.strategy == "beam":
             return self._beam_search(hidden, mask, config)
         per = 1 if config.strategy == "greedy" else config.num_candidates
@@ -171,31 +207,31 @@ class Seq2SeqModel:
         return logits
 
     def _sample_or_greedy(self, hidden, mask, config: GenerationConfig) -> list[Candidate]:
-        """One candidate per row of ``hidden``, in row order."""
+        """One candidate per row of ``hidden``, in row order. A finished row leaves the batch."""
         rows = hidden.shape[0]
         rng = np.random.default_rng(config.seed)
         deadline = None if config.time_budget_s is None else time.perf_counter() + config.time_budget_s
         seqs = [[self.decoder_start_id] for _ in range(rows)]
         scores = np.zeros(rows)
-        done = np.zeros(rows, dtype=bool)
-        tokens = np.full((rows, 1), self.decoder_start_id)
-        logits, past = self.first_step(tokens, hidden, mask)
+        live = np.arange(rows)  # the rows still decoding, in the order the decoder sees them
+        logits, past = self.first_step(np.full((rows, 1), self.decoder_start_id), hidden, mask)
         for step in range(config.max_new_tokens):
-            processed = self._process(logits, seqs, config, step)
+            processed = self._process(logits, [seqs[r] for r in live], config, step)
             logp = log_softmax(processed)
             if config.strategy == "greedy":
                 chosen = processed.argmax(-1)
             else:
                 chosen = nucleus_sample(processed / config.temperature, config.top_k, config.top_p, rng)
-            for r in range(rows):
-                if not done[r]:
-                    seqs[r].append(int(chosen[r]))
-                    scores[r] += logp[r, chosen[r]]
-                    done[r] = chosen[r] == self.eos_id
-            if done.all() or (deadline is not None and time.perf_counter() > deadline):
+            for k, r in enumerate(live):
+                seqs[r].append(int(chosen[k]))
+                scores[r] += logp[k, chosen[k]]
+            writing = chosen != self.eos_id
+            if not writing.any() or (deadline is not None and time.perf_counter() > deadline):
                 break
-            tokens = np.where(done, self.eos_id, chosen)[:, None]
-            logits, past = self.next_step(tokens, hidden, mask, past)
+            if not writing.all():
+                live, chosen = live[writing], chosen[writing]
+                hidden, mask, past = _keep_rows(writing, hidden, mask, past)
+            logits, past = self.next_step(chosen[:, None], hidden, mask, past)
         return [Candidate(tuple(s[1:]), float(sc)) for s, sc in zip(seqs, scores)]
 
     def _beam_search(self, hidden, mask, config: GenerationConfig) -> list[list[Candidate]]:

@@ -15,15 +15,13 @@ encoder (``model.onnx``, ``tokenizer.json``, ``encoder_config.json``), ``heads.n
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from ..model.digest_cache import DigestCache
 from ..model.encoder import SentenceEncoder
 
 MAX_TOKENS = 128
@@ -55,35 +53,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-class ScoreCache:
-    """Message scores by a digest of the text (never the text itself), the newest ``size`` kept.
-
-    A user's earlier turns were scored when they arrived; reading them again with a new message then
-    costs nothing. Thread-safe (the engine assesses messages in worker threads)."""
-
-    def __init__(self, size: int = 8192) -> None:
-        self.size = size
-        self._scores: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(text: str) -> bytes:
-        """The digest a text is filed under."""
-        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-    def get(self, key: bytes) -> np.ndarray | None:
-        """The cached scores, or None."""
-        with self._lock:
-            return self._scores.get(key)
-
-    def put(self, key: bytes, scores: np.ndarray) -> None:
-        """File ``scores``; the oldest entry goes when full."""
-        with self._lock:
-            self._scores[key] = scores
-            while len(self._scores) > self.size:
-                self._scores.popitem(last=False)
-
-
 class SafetyClassifier:
     """Scores messages (crisis, hate) and context/reply pairs (unsafe) with one encoder.
 
@@ -103,7 +72,7 @@ class SafetyClassifier:
         self.thresholds = {mode: LearnedThresholds(**{k: float(v) for k, v in t.items() if k in names})
                            for mode, t in config["thresholds"].items()}
         self.context_turns = int(config["context_turns"])
-        self._cache = ScoreCache()
+        self._cache = DigestCache()
 
     @classmethod
     def from_dir(cls, folder: str | Path, threads: int = 1) -> "SafetyClassifier":
@@ -118,7 +87,7 @@ class SafetyClassifier:
 
     def message_scores_cached(self, texts: list[str]) -> np.ndarray:
         """:meth:`message_scores`, reusing the scores of texts seen recently (single messages, not windows)."""
-        keys = [ScoreCache.key(t) for t in texts]
+        keys = [DigestCache.key(t) for t in texts]
         found = [self._cache.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:

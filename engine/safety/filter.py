@@ -21,13 +21,16 @@ reply).
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
 
+from ..config import DEFAULT_PROFANITY
 from . import lexicon
 from .classifier import SafetyClassifier, window_text
 from .profanity import ProfanityModel
@@ -100,20 +103,30 @@ def _variants(plain: str) -> set[str]:
 class SafetyFilter:
     """Classifies messages and candidate replies; one instance is shared by the whole engine."""
 
-    def __init__(self, mode: str = "standard", classifier: SafetyClassifier | None = None) -> None:
+    def __init__(self, mode: str = "standard", classifier: SafetyClassifier | None = None,
+                 profanity_dir: Path = DEFAULT_PROFANITY) -> None:
         if mode not in MODES:
             raise ValueError(f"safety mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.classifier = classifier
+        self.profanity_dir = profanity_dir
         self._profanity: ProfanityModel | None = None
+        self._profanity_lock = threading.Lock()
 
     def profanity(self, texts: list[str]) -> list[float]:
         """alt-profanity-check's probability that each text is offensive (model loaded on first use)."""
         if not texts:
             return []
-        if self._profanity is None:
-            self._profanity = ProfanityModel()
+        with self._profanity_lock:  # engine threads assess at once: one loads the model, the others wait for it
+            if self._profanity is None:
+                self._profanity = ProfanityModel(self.profanity_dir)
         return [float(p) for p in self._profanity.probabilities(texts)]
+
+    def warm_up(self) -> None:
+        """Judge a made-up message and candidate: loads the profanity model and runs each classifier
+        session once (the first run of a session is slow), before any user waits for it."""
+        self.assess("hello there, how are you?")
+        self.verdicts(["hi! i'm good, thanks."], context="hello there, how are you?")
 
     def check_message(self, text: str, earlier: Sequence[str] = ()) -> Category | None:
         """The category of a user's message that must not get a generated reply, or None."""
