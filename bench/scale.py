@@ -5,8 +5,8 @@ where a batch's time goes, and messages/second with 1, 2 and 4 split-mode worker
 
 Everything talks to a real Redis-protocol server on 127.0.0.1. Latency: N users each send messages
 one after another, all users at once, through the fake adapter; the same run with dynamic batching
-off (RAPPORT_BATCH_MAX=1) is the baseline. Profile: the replier's stages timed for a batch of 1, 10
-and 50 users. Workers: ``rapport worker`` subprocesses (2 // W inference threads each, at least 1)
+off (RAPPORT_BATCH_MAX=1) is the baseline. Profile: the stages of the shipped reply path (greedy mode:
+embed, encode, decode, output filter, embed for the echo check) timed for a batch of 1, 10 and 50 users. Workers: ``rapport worker`` subprocesses (2 // W inference threads each, at least 1)
 answer 40 users x 3 messages sent at once through a stream gateway; messages/second from the first
 message to the last reply, peak RSS per worker from /proc.
 """
@@ -31,7 +31,9 @@ from engine.process_memory import limit_malloc_arenas
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.model.prompt import Turn
 from engine.state.redis_server import EmbeddedRedis
-from engine.model.decoding import STYLES
+from engine.model.decoding import DECODING
+from engine.safety.filter import SafetyFilter
+from engine.safety.loading import load_classifier
 from engine.model.replier import Replier, ReplyRequest
 from engine.split.gateway import StreamGateway
 
@@ -42,9 +44,11 @@ def text_for(user: int, i: int) -> str:
     return PROMPTS[(user + i) % len(PROMPTS)]
 
 
-def profile(replier: Replier, users: int) -> dict[str, float]:
-    """Milliseconds per stage of Replier.reply_batch for ``users`` different messages."""
-    requests = [ReplyRequest([Turn(text_for(k, 0) + f" ({k})", True)], ["i like music"], [], None)
+def profile(replier: Replier, users: int, safety: SafetyFilter) -> dict[str, float]:
+    """Milliseconds per stage of the shipped reply path (greedy mode, default style) for ``users``
+    different messages, each stage as Replier.reply_batch runs it, and the whole reply_batch timed apart."""
+    requests = [ReplyRequest([Turn(text_for(k, 0) + f" ({k})", True)], ["i like music"], [], None,
+                             keep=lambda texts, k=k: safety.candidates_ok(texts, text_for(k, 0)))
                 for k in range(users)]
     stages: dict[str, float] = {}
 
@@ -54,18 +58,23 @@ def profile(replier: Replier, users: int) -> dict[str, float]:
         stages[name] = stages.get(name, 0.0) + 1000 * (time.perf_counter() - t)
         return value
 
-    t0 = time.perf_counter()
-    vecs = timed("embed messages + contexts", replier.encoder.embed, [r.message for r in requests] * 2)
-    sources = [replier.source_ids(r.turns, r.persona, r.user_facts) for r in requests]
-    for config in STYLES["balanced"]:
-        config = replier.shrink(config, users).with_(time_budget_s=replier.time_budget_s / 2)
-        timed(f"generate: {config.strategy} x{config.num_beams if config.strategy == 'beam' else config.num_candidates}",
-              replier.model.generate_batch, sources, config)
-    found = timed("retrieve + score retrieved", replier.retrieved_batch, sources, list(vecs[:users]))
-    texts = [t for f in found for t, _ in f] + [f"candidate {i}" for i in range(8 * users)]
-    timed("embed candidates for ranking", replier.encoder.embed, texts)
-    stages["total"] = 1000 * (time.perf_counter() - t0)
+    timed("embed messages + contexts", replier.encoder.embed, [r.message for r in requests] * 2)
+    sources = timed("prompts", lambda: [replier.source_ids(r.turns, r.persona, r.user_facts) for r in requests])
+    hidden, mask = timed("encode prompts", replier.model.encode_sources, sources)
+    config = DECODING["greedy"][0].with_(time_budget_s=replier.time_budget_s / 2)
+    found = timed("decode (greedy)", replier.model._sample_or_greedy, hidden, mask, config)
+    texts = [replier.text_of(c.ids) for c in found]
+    timed("output filter (safety)", replier._map_filters, [r.keep for r in requests], [[t] for t in texts])
+    timed("embed replies + recent turns", replier.encoder.embed, texts + [r.message for r in requests])
+    stages["sum of stages"] = sum(stages.values())
+    stages["reply_batch (whole)"] = 1000 * min(_seconds(replier.reply_batch, requests) for _ in range(2))
     return stages
+
+
+def _seconds(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
 
 
 async def worker_throughput(url: str, prefix: str, workers: int, users: int = 40, messages: int = 3) -> dict:
@@ -117,8 +126,10 @@ async def run(args: argparse.Namespace) -> dict:
                       f"p95 {row[label]['p95_ms']:8.0f} ms", flush=True)
             row["p50_speedup"] = row["one_at_a_time"]["p50_ms"] / row["batched"]["p50_ms"]
             result["latency"][str(users)] = row
+        safety = SafetyFilter(base.safety, load_classifier(base.safety_model_dir))
+        safety.warm_up()
         for users in (1, 10, 50):
-            result["profile_ms"][str(users)] = stages = profile(replier, users)
+            result["profile_ms"][str(users)] = stages = profile(replier, users, safety)
             print(f"profile, {users} users: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), flush=True)
         del replier
         for workers in args.workers:

@@ -47,6 +47,7 @@ def test_the_wheel_installed_anywhere_finds_its_models_and_replies(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
                    check=True, timeout=900)
     wheel = next(wheels.glob("rapport-*.whl"))
+    assert wheel.stat().st_size <= 100e6  # issue 24: one chat model, under PyPI's 100 MB file limit
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True, timeout=1800)

@@ -19,6 +19,8 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
+
 from engine.config import DEFAULT_ENCODER
 from engine.model.encoder import SentenceEncoder
 from engine.model.retrieval import ReplyIndex, file_sha256
@@ -78,12 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         replies = json.loads((args.out / "replies.json").read_text())
     else:
         replies = candidate_replies(args.data, args.size, args.seed)
-    vectors = ReplyIndex.quantize(encoder.embed(replies, batch_size=64))
+    vectors, scales = ReplyIndex.quantize_4bit(encoder.embed(replies, batch_size=64))
     name = json.loads((args.encoder / "encoder_config.json").read_text())["name"]
     meta = {**old_meta, "encoder": name, "encoder_sha256": file_sha256(args.encoder / "model.onnx"),
             "size": len(replies), "source": "chitchat-dataset train split", "seed": args.seed,
             "contexts": len(contexts)}
-    ReplyIndex(vectors, replies, meta, contexts).save(args.out)
+    ReplyIndex(vectors, replies, meta, contexts, scales.astype(np.float32)).save(args.out)
     print(f"indexed {len(replies)} replies into {args.out}")
 
 

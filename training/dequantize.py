@@ -7,7 +7,8 @@ weights the int8 export computes with, in fp32. Benchmarks give it to PyTorch ``
 CTranslate2 so every runtime runs the same weights; exported again to fp32 ONNX it separates the
 error of int8 *compute* (activations) from the error of int8 *storage* (weights).
 - MatMulNBits (8-bit, blocks along K, zero point 128 unless given) -> Linear weight (N, K);
-- per-row int8 Gather tables (``*_rows_int8`` x ``*_row_scales``) -> the token embeddings;
+- per-row int8 Gather tables (``*_rows_int8`` x ``*_row_scales``), or 4-bit ones (``rapport-train
+  table-4bit``) -> the token embeddings;
 - everything else (biases, LayerNorms, positions, final_logits_bias) is fp32 in the files already.
 The lm_head is quantized apart from the embedding table, so the rebuilt model's lm_head is untied.
 """
@@ -24,6 +25,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 from transformers import BartConfig, BartForConditionalGeneration
+
+from .table_quantize import unpack_4bit
 
 _MATMUL_OUTPUT = re.compile(r"/((?:encoder|decoder)/layers\.\d+/\w+(?:/\w+)?|lm_head)/MatMul_output_0$")
 
@@ -66,7 +69,11 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
             weight = dequantize_matmul_nbits(inits[node.input[1]], inits[node.input[2]], attrs["K"], attrs["bits"], zero)
             out[_param_name(module, path.name) + ".weight"] = weight
     for name, value in inits.items():
-        if name.endswith("_rows_int8"):
+        if name.endswith("_4bit_data"):  # a token table stored in 4 bits since (rapport-train table-4bit)
+            tag = name[: -len("_data")]
+            table = tag[: -len("_4bit")].removesuffix("_rows_int8")
+            out[_param_name(table, path.name)] = unpack_4bit(value, inits[tag + "_scales"])
+        elif name.endswith("_rows_int8"):
             table = name[: -len("_rows_int8")]
             out[_param_name(table, path.name)] = value.astype(np.float32) * inits[table + "_row_scales"]
         elif value.dtype == np.float32 and not name.endswith(("_scales", "_row_scales")) and "onnx::" not in name:

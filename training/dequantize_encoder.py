@@ -6,8 +6,8 @@
 
 Only the int8 export of the fine-tuned ranker ships, so continuing its training starts here. The export
 is onnxruntime's dynamic quantization: ``MatMulInteger`` weights (K, N) int8 with one scale and zero
-point per output column -> Linear weight (N, K); the three embedding tables int8 with one scale each ->
-fp32; biases and LayerNorms are fp32 already. The pooler, which the engine never runs, comes from the
+point per output column -> Linear weight (N, K); the three embedding tables int8 with one scale each (or, the
+word embeddings since issue 24, 4 bits with a scale per block of 32) -> fp32; biases and LayerNorms are fp32 already. The pooler, which the engine never runs, comes from the
 pretrained MiniLM. The result is a MiniLM-shaped folder (``train-ranker --init-from``,
 ``export-encoder --source``).
 """
@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from safetensors.numpy import load_file, save_file
 
 from .modeling import copy_minilm_files, minilm_dir
+from .table_quantize import unpack_4bit
 
 _LINEAR = re.compile(r"^/bert/(encoder/layer\.\d+/[\w/]+?)/MatMul_quant$")
 
@@ -46,7 +47,11 @@ def encoder_weights(path: Path) -> dict[str, np.ndarray]:
     for name, value in inits.items():
         if not name.startswith("bert."):
             continue
-        if name.endswith("_quantized"):
+        if name.endswith("_4bit_data"):  # a table stored in 4 bits (rapport-train table-4bit)
+            tag = name[: -len("_data")]
+            table = tag[: -len("_4bit")].removesuffix("_quantized")
+            out[table[len("bert."):]] = unpack_4bit(value, inits[tag + "_scales"])
+        elif name.endswith("_quantized"):
             table = name[: -len("_quantized")]
             zero = inits[table + "_zero_point"].astype(np.float32)
             out[table[len("bert."):]] = (value.astype(np.float32) - zero) * inits[table + "_scale"]

@@ -16,8 +16,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
+from engine.model.retrieval import ReplyIndex
 from engine.safety import SafetyFilter, has_personal_data
 
 from .data import Conversation
@@ -57,25 +56,23 @@ def filter_conversations(convs: list[Conversation]) -> tuple[list[Conversation],
 
 def filter_index(index_dir: Path) -> dict[str, int]:
     """Drop unsafe or personal replies (and their vectors) from a reply index in place; record the counts."""
-    replies = json.loads((index_dir / "replies.json").read_text())
-    vectors = np.load(index_dir / "vectors.npy")
-    reasons = screen(replies)
+    index = ReplyIndex.read(index_dir)
+    reasons = screen(index.replies)
     keep = [i for i, r in enumerate(reasons) if r is None]
     counts = Counter(r for r in reasons if r)
-    (index_dir / "replies.json").write_text(json.dumps([replies[i] for i in keep], ensure_ascii=False))
-    np.save(index_dir / "vectors.npy", vectors[keep])
-    meta = json.loads((index_dir / "index_meta.json").read_text())
+    meta = dict(index.meta)
     removed = {"unsafe": meta.get("removed", {}).get("unsafe", 0) + counts["unsafe"],
                "personal": meta.get("removed", {}).get("personal", 0) + counts["personal"]}
     meta.update(size=len(keep), removed=removed, filter="rapport-train filter-index (engine.safety, standard)")
-    (index_dir / "index_meta.json").write_text(json.dumps(meta, indent=2))
-    return {"before": len(replies), "after": len(keep), **{f"removed_{k}": v for k, v in counts.items()}}
+    ReplyIndex(index.vectors[keep], [index.replies[i] for i in keep], meta, index.contexts,
+               None if index.scales is None else index.scales[keep]).save(index_dir)
+    return {"before": len(index.replies), "after": len(keep), **{f"removed_{k}": v for k, v in counts.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="rapport-train filter-index", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", type=Path, required=True, help="reply index folder (replies.json, vectors.npy)")
+    p.add_argument("--index", type=Path, required=True, help="reply index folder (build-index's)")
     p.add_argument("--show", type=int, default=0, help="print this many removed replies of each reason")
     args = p.parse_args(argv)
     if args.show:

@@ -223,7 +223,7 @@ class Replier:
         if self.index is None or not sources:
             return [[] for _ in sources]
         k = min(self.retrieve_k, max(1, self.max_rows // len(sources)))
-        texts = [[t for t, _ in self.index.search(vec, k)] for vec in context_vecs]
+        texts = [[t for t, _ in found] for found in self.index.search_batch(np.stack(context_vecs), k)]
         flat = self._mean_logprobs([sources[i] for i, ts in enumerate(texts) for _ in ts],
                                    [t for ts in texts for t in ts])
         return [list(zip(ts, map(float, scores))) for ts, scores in zip(texts, _split(flat, map(len, texts)))]

@@ -1,0 +1,108 @@
+"""Issue 24's shortcuts keep the tokens: the slim cache branch of a merged decoder, finished rows leaving a
+batch, chunked encoding, the ranker's embedding cache, and the process memory setting (tiny fp32 fixtures
+and the shipped MiniLM: exact or near-exact comparisons)."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+import engine.model.seq2seq as seq2seq
+from engine.config import DEFAULT_ENCODER
+from engine.model.digest_cache import DigestCache
+from engine.model.encoder import SentenceEncoder
+from engine.model.generation import GenerationConfig
+from engine.model.seq2seq import Seq2SeqModel
+from engine.process_memory import limit_malloc_arenas
+from training.onnx_merge import slim_cache_branch
+
+from .conftest import FIXTURES
+
+
+def sources() -> list[list[int]]:
+    """The tiny-bart fixture's sources and their shorter cuts: rows of 2 to 19 tokens."""
+    full = json.loads((FIXTURES / "tiny-bart" / "expected.json").read_text())["sources"]
+    return full + [s[: 2 + k % 5] for k, s in enumerate(full)]
+
+
+def greedy_reference(model: Seq2SeqModel, srcs: list[list[int]], steps: int) -> list[tuple[int, ...]]:
+    """The decoding loop before issue 24: one padded encoder run, every row decoded until all finish."""
+    ids, mask = model.pad(srcs)
+    hidden = model.encode(ids, mask)
+    logits, past = model.first_step(np.full((len(srcs), 1), model.decoder_start_id), hidden, mask)
+    out: list[list[int]] = [[] for _ in srcs]
+    done = np.zeros(len(srcs), dtype=bool)
+    for _ in range(steps):
+        chosen = logits.argmax(-1)
+        for r in range(len(srcs)):
+            if not done[r]:
+                out[r].append(int(chosen[r]))
+                done[r] = chosen[r] == model.eos_id
+        if done.all():
+            break
+        logits, past = model.next_step(np.where(done, model.eos_id, chosen)[:, None], hidden, mask, past)
+    return [tuple(o) for o in out]
+
+
+def test_a_slim_cache_branch_decodes_the_same_tokens_without_copying_the_cache(tmp_path):
+    slim_dir = tmp_path / "tiny-bart"
+    shutil.copytree(FIXTURES / "tiny-bart", slim_dir)
+    model_proto = onnx.load(str(slim_dir / "decoder_model_merged.onnx"))
+    assert slim_cache_branch(model_proto) > 0 and slim_cache_branch(model_proto) == 0  # idempotent
+    onnx.save(model_proto, str(slim_dir / "decoder_model_merged.onnx"))
+    before, after = Seq2SeqModel.from_dir(FIXTURES / "tiny-bart"), Seq2SeqModel.from_dir(slim_dir)
+    srcs = sources()
+    for config in (GenerationConfig(max_new_tokens=12), GenerationConfig("beam", num_beams=3, max_new_tokens=12)):
+        for a, b in zip(before.generate_batch(srcs, config), after.generate_batch(srcs, config)):
+            assert [c.ids for c in a] == [c.ids for c in b]
+            np.testing.assert_allclose([c.logprob for c in a], [c.logprob for c in b], atol=1e-5)
+    ids = np.asarray([srcs[0]])
+    hidden, mask = after.encode(ids, np.ones_like(ids)), np.ones_like(ids)
+    _, past = after.first_step(np.asarray([[after.decoder_start_id]]), hidden, mask)
+    outputs = after.decoder_with_past.run(None, after._feed(after.decoder_with_past, np.asarray([[5]]), hidden, mask,
+                                                            past, True))
+    names = [o.name for o in after.decoder_with_past.get_outputs()]
+    cross = [out for name, out in zip(names, outputs) if ".encoder." in name]
+    assert cross and all(out.shape[2] == 0 for out in cross)  # the cache of step 0 is kept, not copied
+
+
+def test_chunked_encoding_keeps_each_rows_tokens(monkeypatch):
+    """(The tiny fixtures' random weights write replies of one length: test_batching checks rows that finish
+    at different steps on the shipped model.)"""
+    model = Seq2SeqModel.from_dir(FIXTURES / "tiny-bart")
+    srcs = sources()
+    runs: list[int] = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda ids, mask: runs.append(ids.shape[0]) or encode(ids, mask))
+    monkeypatch.setattr(seq2seq, "ENCODE_TOKENS", 40)  # several chunks of similar length
+    config = GenerationConfig(max_new_tokens=14)
+    together = [c[0] for c in model.generate_batch(srcs, config)]
+    assert len(runs) > 2 and sum(runs) == len(srcs)
+    assert [c.ids for c in together] == greedy_reference(model, srcs, 14)
+    alone = [model.generate(s, config)[0] for s in srcs]
+    assert [c.ids for c in together] == [c.ids for c in alone]
+    np.testing.assert_allclose([c.logprob for c in together], [c.logprob for c in alone], atol=1e-4)
+
+
+def test_the_embedding_cache_returns_each_texts_vector_and_holds_no_text():
+    plain = SentenceEncoder.from_dir(DEFAULT_ENCODER)
+    cached = SentenceEncoder.from_dir(DEFAULT_ENCODER, cache_size=3)
+    texts = ["i love hiking with my dog", "what music do you like?", "i love hiking with my dog"]
+    first = cached.embed(texts)
+    np.testing.assert_array_equal(first[0], first[2])  # a repeated text is encoded once
+    np.testing.assert_allclose(first[:2], plain.embed(texts[:2]), atol=1e-6)
+    np.testing.assert_array_equal(cached.embed([texts[1]])[0], first[1])  # from the cache
+    cached.embed(["one", "two", "three"])
+    assert len(cached._cache) == 3
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in cached._cache._items)
+    assert cached._cache.get(DigestCache.key(texts[0])) is None  # the oldest went first
+
+
+@pytest.mark.parametrize("env", [{}, {"MALLOC_ARENA_MAX": "4"}])
+def test_the_malloc_arena_limit_applies_unless_the_environment_sets_one(monkeypatch, env):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    applied = limit_malloc_arenas()
+    assert applied is (not env and __import__("sys").platform.startswith("linux"))
