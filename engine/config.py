@@ -118,6 +118,7 @@ class Settings:
     inference_threads: int = env("RAPPORT_INFERENCE_THREADS", 2)
     batch_max: int = env("RAPPORT_BATCH_MAX", 64)
     batch_wait_ms: float = env("RAPPORT_BATCH_WAIT_MS", 5.0)
+    batch_gather_ms: float = env("RAPPORT_BATCH_GATHER_MS", 100.0)
     max_decode_rows: int = env("RAPPORT_MAX_DECODE_ROWS", 32)
     mode: str = env("RAPPORT_MODE", "single")
     gateway_id: str | None = env("RAPPORT_GATEWAY_ID", None)

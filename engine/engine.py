@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from contextvars import ContextVar
+from typing import Callable
 
 import numpy as np
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -55,7 +56,9 @@ class Engine:
         self.store = store
         self.replier = replier
         self.embedded = embedded
-        self.batcher = InferenceBatcher(replier, settings.batch_max, settings.batch_wait_ms / 1000)
+        self._preparing = 0  # messages past the command check that have not reached the batcher yet
+        self.batcher = InferenceBatcher(replier, settings.batch_max, settings.batch_wait_ms / 1000,
+                                        settings.batch_gather_ms / 1000, on_the_way=lambda: self._preparing)
         self.safety = SafetyFilter(settings.safety, load_classifier(settings.safety_model_dir)
                                    if settings.safety_classifier else None)
         self.safety_replies = SafetyReplies(settings.crisis_reply or DEFAULT_CRISIS_REPLY,
@@ -218,6 +221,26 @@ class Engine:
             ctx = CommandContext(self.store, ref, self.settings.bot_name, msg.user_name, msg.is_private,
                                  self.access.is_admin(ref.user), self.safety, self.purge_disk_soon, msg.replied_to)
             return await run_command(call, ctx), "command"
+        on_its_way = self._on_its_way()  # the batcher waits a little for messages on their way
+        try:
+            return await self._answer_message(ref, msg, text, cut, on_its_way)
+        finally:
+            on_its_way()
+
+    def _on_its_way(self) -> Callable[[], None]:
+        """Count one message as on its way to the batcher; the function returned ends that (once)."""
+        self._preparing += 1
+        done = False
+
+        def arrived() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._preparing -= 1
+        return arrived
+
+    async def _answer_message(self, ref: UserRef, msg: IncomingMessage, text: str, cut: bool,
+                              arrived: Callable[[], None]) -> tuple[str, str]:
         history = await self.store.history(ref)
         assessment = await asyncio.to_thread(self.safety.assess, text, [t.text for t in history if t.role == "user"])
         category = assessment.category
@@ -232,13 +255,13 @@ class Engine:
         if not await self.store.allow(ref, self.settings.rate_limit_per_minute):
             await self.store.append_turns(ref, [StoredTurn("user", text, msg.timestamp)], self._tokens)
             return RATE_LIMITED, "rate_limited"
-        reply, kind = await self._converse(ref, text, history, assessment, msg.message_id)
+        reply, kind = await self._converse(ref, text, history, assessment, msg.message_id, arrived)
         if cut:
             reply += TOO_LONG.format(n=self.settings.max_message_chars)
         return reply, kind
 
     async def _converse(self, ref: UserRef, text: str, history: list[StoredTurn], assessment: Assessment,
-                        message_id: str = "") -> tuple[str, str]:
+                        message_id: str = "", arrived: Callable[[], None] = lambda: None) -> tuple[str, str]:
         """The reply and its source: "reply" (generated) or "memory" (from the user's facts or the persona)."""
         if message_id:  # answered already (a worker died before delivering): the same reply again
             for turn, after in zip(history, history[1:]):
@@ -263,6 +286,7 @@ class Engine:
             dropped.update(v for v in verdicts if v)
             return [v is None for v in verdicts]
 
+        arrived()
         answer = await self.batcher.submit(ReplyRequest(
             turns, list(self.settings.persona), facts, vector, prefs.get("style", "balanced"),
             needs_reply=reply is None, keep=keep,

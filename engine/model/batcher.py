@@ -1,9 +1,12 @@
 """Dynamic batching: requests of users who write at the same time are answered in one batch.
 
-The first request of an idle batcher waits ``max_wait_s`` for company, then every request queued
-so far (up to ``max_batch``) goes through :meth:`Replier.reply_batch` on the one inference thread.
-While a batch runs, new requests queue and form the next one, so under load batches grow by
-themselves and at one user the only cost is the short wait.
+The first request of an idle batcher waits ``max_wait_s`` for company, and longer (up to ``gather_s``)
+while the engine says more requests are on their way (messages that passed their safety check but
+are still reading the user's state); then every request queued so far (up to ``max_batch``) goes
+through :meth:`Replier.reply_batch` on the one inference thread. While a batch runs, new requests
+queue and form the next one, so under load batches grow by themselves and at one user the only cost
+is the short wait. Without the gathering, 50 users writing at once went as a batch of one, then a
+batch of 49 that waited for it.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -18,6 +22,7 @@ from ..metrics import BATCH_SIZE, REPLY_LATENCY
 from .replier import Replier, ReplyRequest, ScoredReply
 
 log = logging.getLogger("rapport.batcher")
+GATHER_POLL_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,13 @@ class BatchAnswer:
 class InferenceBatcher:
     """Queues :class:`ReplyRequest` s from the event loop and answers them in batches on one thread."""
 
-    def __init__(self, replier: Replier, max_batch: int = 64, max_wait_s: float = 0.005) -> None:
+    def __init__(self, replier: Replier, max_batch: int = 64, max_wait_s: float = 0.005, gather_s: float = 0.1,
+                 on_the_way: Callable[[], int] = lambda: 0) -> None:
         self.replier = replier
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.gather_s = gather_s
+        self.on_the_way = on_the_way  # how many requests the engine is still preparing
         self._queue: list[tuple[ReplyRequest, asyncio.Future]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-infer")
         self._runner: asyncio.Task | None = None
@@ -54,6 +62,9 @@ class InferenceBatcher:
         while self._queue:
             if self.max_wait_s > 0:
                 await asyncio.sleep(self.max_wait_s)
+                until = loop.time() + self.gather_s
+                while self.on_the_way() > 0 and len(self._queue) < self.max_batch and loop.time() < until:
+                    await asyncio.sleep(GATHER_POLL_S)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
             batch = [(req, fut) for req, fut in batch if not fut.done()]  # skip cancelled callers
             if not batch:
