@@ -4,7 +4,9 @@
 
 Prints a table and writes JSON: measured memory bandwidth, the decoder weight bytes one step reads
 (all but the token and position tables, of which it reads one row), the per-token limit (bytes / bandwidth), measured per-token decode latency at batch 1 (ratio to the limit), reply
-latency p50/p95 through the whole engine (real Redis server) for 1 and N concurrent users, peak RSS. Each
+latency p50/p95 through the whole engine (real Redis server) for 1 and N concurrent users, and for N users
+who write at once after ``--history`` exchanges each (longer prompts: the steady state of a busy bot), peak
+RSS. Each
 load runs ``--rounds`` times (new users each round) and the percentiles pool every round's replies, with
 each round's p95 listed too: on a shared 2-core machine one round's figures moved by 15-30%.
 """
@@ -94,17 +96,22 @@ def per_token_latency_ms(replier: Replier, tokens: int = 48, repeats: int = 5) -
 
 
 async def reply_latencies(replier: Replier, users: int, messages: int, settings: Settings | None = None,
-                          tag: str = "bench", facts: list[str] = ()) -> list[float]:
+                          tag: str = "bench", facts: list[str] = (), history: int = 0) -> list[float]:
     """Seconds from send to reply for ``users`` concurrent users sending ``facts`` then ``messages``
     messages each, one after another (user ids ``{tag}{k}``); on a throwaway Redis server unless
-    ``settings`` name one."""
+    ``settings`` name one. With ``history``, each user first has that many exchanges, not timed, and all
+    users then send their timed messages at once."""
     if settings is None:
         with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), persist=False) as server:
             settings = Settings(redis_url=server.url, rate_limit_per_minute=10_000, data_dir=Path(tmp))
-            return await reply_latencies(replier, users, messages, settings, tag, facts)
+            return await reply_latencies(replier, users, messages, settings, tag, facts, history)
     async with Engine.from_settings(settings, replier=replier) as engine:
         bot = FakeAdapter(engine)
         out: list[float] = []
+
+        async def earlier(k: int) -> None:
+            for i in range(history):
+                await bot.send(f"{tag}{k}", f"{PROMPTS[(k + i + 3) % len(PROMPTS)]} ({i})")
 
         async def user(k: int) -> None:
             for text in [*facts, *(PROMPTS[(k + i) % len(PROMPTS)] for i in range(messages))]:
@@ -112,6 +119,8 @@ async def reply_latencies(replier: Replier, users: int, messages: int, settings:
                 await bot.send(f"{tag}{k}", text)
                 out.append(time.perf_counter() - t)
 
+        if history:
+            await asyncio.gather(*(earlier(k) for k in range(users)))
         await asyncio.gather(*(user(k) for k in range(users)))
         return out
 
@@ -124,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--users", type=int, default=50)
     p.add_argument("--messages", type=int, default=10, help="messages of the single user")
     p.add_argument("--rounds", type=int, default=3, help="times each load runs (new users each time)")
+    p.add_argument("--history", type=int, default=10, help="exchanges each user has had before the third load")
     p.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     args = p.parse_args(argv)
     limit_malloc_arenas()  # as `rapport` does: the process measured is the one that ships
@@ -137,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     token_ms = per_token_latency_ms(replier)
     single_rounds = [asyncio.run(reply_latencies(replier, 1, args.messages, tag=f"one{r}-")) for r in range(args.rounds)]
     many_rounds = [asyncio.run(reply_latencies(replier, args.users, 1, tag=f"many{r}-")) for r in range(args.rounds)]
-    single, many = sum(single_rounds, []), sum(many_rounds, [])
+    later_rounds = [asyncio.run(reply_latencies(replier, args.users, 1, tag=f"later{r}-", history=args.history))
+                    for r in range(args.rounds)]
+    single, many, later = sum(single_rounds, []), sum(many_rounds, []), sum(later_rounds, [])
     greedy_src = replier.source_ids([], [], [])
     t = time.perf_counter()
     greedy = replier.model.generate(greedy_src, GenerationConfig(max_new_tokens=20, min_new_tokens=20))
@@ -150,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
         "reply_1_user_p95_ms": 1000 * float(np.percentile(single, 95)),
         f"reply_{args.users}_users_p50_ms": 1000 * float(np.percentile(many, 50)),
         f"reply_{args.users}_users_p95_ms": 1000 * float(np.percentile(many, 95)),
+        f"reply_{args.users}_users_after_{args.history}_exchanges_p50_ms": 1000 * float(np.percentile(later, 50)),
+        f"reply_{args.users}_users_after_{args.history}_exchanges_p95_ms": 1000 * float(np.percentile(later, 95)),
         "reply_1_user_p95_ms_each_round": [round(1000 * float(np.percentile(r, 95)), 1) for r in single_rounds],
         f"reply_{args.users}_users_p95_ms_each_round": [round(1000 * float(np.percentile(r, 95)), 1) for r in many_rounds],
         "peak_rss_mb": peak_rss_mb(),

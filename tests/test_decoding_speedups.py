@@ -67,7 +67,7 @@ def test_a_slim_cache_branch_decodes_the_same_tokens_without_copying_the_cache(t
     assert cross and all(out.shape[2] == 0 for out in cross)  # the cache of step 0 is kept, not copied
 
 
-def test_chunked_encoding_keeps_each_rows_tokens(monkeypatch):
+def test_chunked_encoding_and_grouped_decoding_keep_each_rows_tokens(monkeypatch):
     """(The tiny fixtures' random weights write replies of one length: test_batching checks rows that finish
     at different steps on the shipped model.)"""
     model = Seq2SeqModel.from_dir(FIXTURES / "tiny-bart")
@@ -80,6 +80,16 @@ def test_chunked_encoding_keeps_each_rows_tokens(monkeypatch):
     together = [c[0] for c in model.generate_batch(srcs, config)]
     assert len(runs) > 2 and sum(runs) == len(srcs)
     assert [c.ids for c in together] == greedy_reference(model, srcs, 14)
+    monkeypatch.setattr(seq2seq, "DECODE_TOKENS", 60)  # and decoded in groups of similar length
+    steps = []
+    first_step = model.first_step
+    monkeypatch.setattr(model, "first_step", lambda *a: steps.append(a[0].shape[0]) or first_step(*a))
+    grouped = [c[0] for c in model.generate_batch(srcs, config)]
+    assert len(steps) > 2 and sum(steps) == len(srcs) and max(steps) < len(srcs)
+    assert [c.ids for c in grouped] == [c.ids for c in together]
+    beams = model.generate_batch(srcs, GenerationConfig("beam", num_beams=3, max_new_tokens=8))
+    assert [b[0].ids for b in beams] == [model.generate(s, GenerationConfig("beam", num_beams=3, max_new_tokens=8))[0].ids
+                                         for s in srcs]
     alone = [model.generate(s, config)[0] for s in srcs]
     assert [c.ids for c in together] == [c.ids for c in alone]
     np.testing.assert_allclose([c.logprob for c in together], [c.logprob for c in alone], atol=1e-4)
