@@ -20,27 +20,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-BLOCK = 32
-LEVELS = 7  # symmetric 4-bit codes -7..7, stored +8 in unsigned nibbles (GatherBlockQuantized's zero point)
+from engine.model.quant4 import BLOCK, dequantize_4bit, pack_nibbles, quantize_4bit, unpack_nibbles
+
 MIN_ELEMENTS = 1_000_000
 
 
-def pack_4bit(table: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) float -> packed uint8 (rows, cols // 2), two codes a byte (low nibble first), and fp16
-    scales (rows, cols // block)."""
-    rows, cols = table.shape
-    blocks = table.reshape(rows, cols // block, block)
-    scales = (np.abs(blocks).max(axis=2) / LEVELS).astype(np.float16)
-    safe = np.where(scales == 0, 1, scales).astype(np.float32)[..., None]
-    codes = (np.clip(np.round(blocks / safe), -LEVELS, LEVELS) + 8).astype(np.uint8).reshape(rows, cols)
-    return codes[:, 0::2] | (codes[:, 1::2] << 4), scales
+def pack_4bit(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) float -> packed uint8 (rows, cols // 2) and fp16 scales (rows, cols // BLOCK), the
+    layout of :mod:`engine.model.quant4`, which ``GatherBlockQuantized`` reads (zero point 8)."""
+    codes, scales = quantize_4bit(table)
+    return pack_nibbles(codes), scales
 
 
-def unpack_4bit(packed: np.ndarray, scales: np.ndarray, block: int = BLOCK) -> np.ndarray:
+def unpack_4bit(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """The float32 table that :func:`pack_4bit` stored."""
-    codes = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.float32)
-    codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
-    return ((codes - 8).reshape(len(codes), -1, block) * scales.astype(np.float32)[..., None]).reshape(codes.shape)
+    return dequantize_4bit(unpack_nibbles(packed), scales)
 
 
 def _const(graph: onnx.GraphProto, name: str) -> np.ndarray | None:

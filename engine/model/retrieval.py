@@ -18,23 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .quant4 import dequantize_4bit, pack_nibbles, quantize_4bit, unpack_nibbles
+
 
 SEARCH_CHUNK = 4096  # index rows dequantized at a time (6 MB of float32)
-BLOCK = 32  # values sharing one scale in a 4-bit index
-
-
-def pack_nibbles(codes: np.ndarray) -> np.ndarray:
-    """int8 codes -7..7, (n, 2k) -> uint8 (n, k): code + 8, two a byte, low nibble first."""
-    u = (codes.astype(np.int16) + 8).astype(np.uint8)
-    return u[:, 0::2] | (u[:, 1::2] << 4)
-
-
-def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
-    """:func:`pack_nibbles` undone: int8 codes (n, 2k)."""
-    codes = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.int8)
-    codes[:, 0::2] = (packed & 0x0F).astype(np.int8) - 8
-    codes[:, 1::2] = (packed >> 4).astype(np.int8) - 8
-    return codes
 
 
 class IndexMismatch(RuntimeError):
@@ -56,7 +43,7 @@ class ReplyIndex:
     def __init__(self, vectors: np.ndarray, replies: list[str], meta: dict, contexts: np.ndarray | None = None,
                  scales: np.ndarray | None = None) -> None:
         """``vectors``: int8 codes, unit vectors x127 (``scales`` None) or 4-bit codes with the ``scales`` of
-        their blocks of BLOCK (:meth:`quantize_4bit`); ``contexts``: int8, x127."""
+        their blocks (:mod:`.quant4`); ``contexts``: int8, x127."""
         if len(vectors) != len(replies):
             raise ValueError("vectors and replies differ in length")
         self.vectors = vectors  # kept as codes: dequantized a chunk at a time while searching (46 MB less memory)
@@ -99,12 +86,9 @@ class ReplyIndex:
 
     @staticmethod
     def quantize_4bit(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Unit float vectors -> 4-bit codes (int8, -7..7) and fp16 scales of each block of BLOCK values
+        """Unit float vectors -> 4-bit codes (int8, -7..7) and fp16 scales of each block of 32 values
         (half the bytes of int8 rows; the top 8 of a search kept 93% of int8's, issue 24)."""
-        blocks = vectors.reshape(len(vectors), -1, BLOCK)
-        scales = (np.abs(blocks).max(axis=2) / 7).astype(np.float16)
-        safe = np.where(scales == 0, 1, scales).astype(np.float32)[..., None]
-        return np.clip(np.round(blocks / safe), -7, 7).astype(np.int8).reshape(vectors.shape), scales
+        return quantize_4bit(vectors)
 
     def save(self, folder: Path) -> None:
         """Write the index files."""
@@ -130,12 +114,9 @@ class ReplyIndex:
         queries = np.asarray(queries, dtype=np.float32).T  # (dim, m)
         scores = np.empty((len(self.vectors), queries.shape[1]), dtype=np.float32)
         for start in range(0, len(self.vectors), SEARCH_CHUNK):
-            rows = self.vectors[start: start + SEARCH_CHUNK].astype(np.float32)
-            if self.scales is None:
-                rows /= 127.0
-            else:
-                rows = (rows.reshape(len(rows), -1, BLOCK) * self.scales[start: start + SEARCH_CHUNK, :, None]
-                        ).reshape(len(rows), -1)
+            codes = self.vectors[start: start + SEARCH_CHUNK]
+            rows = codes.astype(np.float32) / 127.0 if self.scales is None else \
+                dequantize_4bit(codes, self.scales[start: start + SEARCH_CHUNK])
             scores[start: start + SEARCH_CHUNK] = rows @ queries
         k = min(k, len(scores))
         out = []

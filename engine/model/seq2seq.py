@@ -44,6 +44,19 @@ class Candidate:
         return self.logprob / max(1, len(self.ids))
 
 
+def length_groups(sources: list[list[int]], budget: int, rows_each: int = 1) -> list[list[int]]:
+    """Indices of ``sources``, shortest first, cut into groups whose rows (``rows_each`` a source) x
+    longest source stay within ``budget`` tokens (a longer source goes alone)."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    groups: list[list[int]] = []
+    while order:
+        group = [order.pop(0)]
+        while order and (len(group) + 1) * rows_each * max(1, len(sources[order[0]])) <= budget:
+            group.append(order.pop(0))
+        groups.append(group)
+    return groups
+
+
 def _keep_rows(keep: np.ndarray, hidden: np.ndarray, mask: np.ndarray,
                past: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The ``keep`` rows of a decoding batch, cut to the source positions any of them still reads
@@ -111,12 +124,8 @@ class Seq2SeqModel:
         tokens, each padded only to its own longest row; padded positions hold zeros (masked wherever
         they are read)."""
         ids, mask = self.pad(sources)
-        order = list(np.argsort([len(s) for s in sources], kind="stable"))
         hidden: np.ndarray | None = None
-        while order:
-            rows = [order.pop(0)]
-            while order and (len(rows) + 1) * len(sources[order[0]]) <= ENCODE_TOKENS:
-                rows.append(order.pop(0))
+        for rows in length_groups(sources, ENCODE_TOKENS):
             width = max(1, len(sources[rows[-1]]))
             states = self.encode(ids[rows, :width], mask[rows, :width])
             if hidden is None:
@@ -197,12 +206,8 @@ class Seq2SeqModel:
         of every source (the batch that makes concurrent users cheap), in groups of similar length of at
         most DECODE_TOKENS decoding rows x source tokens, which bounds the cross-attention cache."""
         rows = config.num_beams if config.strategy == "beam" else 1 if config.strategy == "greedy" else config.num_candidates
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         out: list[list[Candidate]] = [[] for _ in sources]
-        while order:
-            group = [order.pop(0)]
-            while order and (len(group) + 1) * rows * max(1, len(sources[order[0]])) <= DECODE_TOKENS:
-                group.append(order.pop(0))
+        for group in length_groups(sources, DECODE_TOKENS, rows):
             for i, found in zip(group, self._generate_group([sources[i] for i in group], config)):
                 out[i] = found
         return out
