@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | export-profanity | table-4bit."""
+"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | export-profanity | table-4bit | rows-int8."""
 from __future__ import annotations
 
 import importlib
@@ -25,6 +25,7 @@ JOBS = {
     "dequantize-encoder": ("training.dequantize_encoder", "rebuild the ranker's fp32 weights from its int8 export"),
     "export-profanity": ("training.profanity_export", "export alt-profanity-check's fitted model as arrays for the engine"),
     "table-4bit": ("training.table_quantize", "store an ONNX model's large token tables in 4 bits (blocks of 32)"),
+    "rows-int8": ("training.row_quantize", "an encoder's MatMuls as per-row int8 products (fast on many rows)"),
     "slim-decoder": ("training.onnx_merge", "stop a merged decoder copying its cross-attention cache at every step"),
 }
 

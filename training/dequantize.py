@@ -7,6 +7,8 @@ weights the int8 export computes with, in fp32. Benchmarks give it to PyTorch ``
 CTranslate2 so every runtime runs the same weights; exported again to fp32 ONNX it separates the
 error of int8 *compute* (activations) from the error of int8 *storage* (weights).
 - MatMulNBits (8-bit, blocks along K, zero point 128 unless given) -> Linear weight (N, K);
+- the per-row layout of ``rapport-train rows-int8`` (MatMulIntegerToFloat: 7-bit codes x a scale per
+  column, divided by the channel balance it multiplied in) -> Linear weight (N, K);
 - per-row int8 Gather tables (``*_rows_int8`` x ``*_row_scales``), or 4-bit ones (``rapport-train
   table-4bit``) -> the token embeddings;
 - everything else (biases, LayerNorms, positions, final_logits_bias) is fp32 in the files already.
@@ -29,6 +31,7 @@ from transformers import BartConfig, BartForConditionalGeneration
 from .table_quantize import unpack_4bit
 
 _MATMUL_OUTPUT = re.compile(r"/((?:encoder|decoder)/layers\.\d+/\w+(?:/\w+)?|lm_head)/MatMul_output_0$")
+_MATMUL_NAME = re.compile(r"/((?:encoder|decoder)/layers\.\d+/\w+(?:/\w+)?|lm_head)/MatMul_Q8_int$")
 
 
 def dequantize_matmul_nbits(q: np.ndarray, scales: np.ndarray, k: int, bits: int,
@@ -58,6 +61,16 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for g in graphs:
         for node in g.node:
+            if node.op_type == "MatMulIntegerToFloat":  # rapport-train rows-int8
+                match = _MATMUL_NAME.search(node.name)
+                if not match:
+                    raise ValueError(f"cannot tell which layer MatMulIntegerToFloat {node.name} belongs to")
+                weight = inits[node.input[1]].astype(np.float32) * inits[node.input[3]][None, :]
+                smooth = node.input[0].removesuffix("_u8") + "_smooth"  # x's channels were multiplied by it
+                if smooth in inits:
+                    weight = weight * inits[smooth][:, None]
+                out[_param_name(match.group(1).replace("/", "."), path.name) + ".weight"] = weight.T
+                continue
             if node.op_type != "MatMulNBits":
                 continue
             match = _MATMUL_OUTPUT.search(node.output[0])
@@ -76,7 +89,8 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
         elif name.endswith("_rows_int8"):
             table = name[: -len("_rows_int8")]
             out[_param_name(table, path.name)] = value.astype(np.float32) * inits[table + "_row_scales"]
-        elif value.dtype == np.float32 and not name.endswith(("_scales", "_row_scales")) and "onnx::" not in name:
+        elif (value.dtype == np.float32 and not name.endswith(("_scales", "_row_scales")) and "onnx::" not in name
+              and "rowq" not in name):  # rows-int8's quantizer constants and shift corrections
             out[_param_name(name, path.name)] = value
     return out
 
