@@ -1,14 +1,16 @@
 """The whole engine under load: reply latency at 1/10/50 concurrent users (batched vs one at a time),
 where a batch's time goes, and messages/second with 1, 2 and 4 split-mode workers.
 
-    python -m bench.scale [--workers 1 2 4] [--out bench/results/scale.json]
+    python -m bench.scale [--workers 1 2 4] [--skip-latency] [--cluster-rounds 3] [--out bench/results/scale.json]
 
 Everything talks to a real Redis-protocol server on 127.0.0.1. Latency: N users each send messages
 one after another, all users at once, through the fake adapter; the same run with dynamic batching
 off (RAPPORT_BATCH_MAX=1) is the baseline. Profile: the stages of the shipped reply path (greedy mode:
 embed, encode, decode, output filter, embed for the echo check) timed for a batch of 1, 10 and 50 users. Workers: ``rapport worker`` subprocesses (2 // W inference threads each, at least 1)
 answer 40 users x 3 messages sent at once through a stream gateway; messages/second from the first
-message to the last reply, peak RSS per worker from /proc.
+message to the last reply, peak RSS per worker from /proc. Cluster (``--cluster-rounds``): the same
+with one worker against a 3-master cluster on 127.0.0.1 (one replica each, the stream in 3 shards) and
+against one server, alternated.
 """
 from __future__ import annotations
 
@@ -77,17 +79,18 @@ def _seconds(fn, *args) -> float:
     return time.perf_counter() - t
 
 
-async def worker_throughput(url: str, prefix: str, workers: int, users: int = 40, messages: int = 3) -> dict:
-    """Messages/second of ``workers`` worker processes; their peak RSS."""
+async def worker_throughput(url: str, prefix: str, workers: int, users: int = 40, messages: int = 3,
+                            shards: int = 1) -> dict:
+    """Messages/second of ``workers`` worker processes (the stream in ``shards`` shards); their peak RSS."""
     threads = max(1, 2 // workers)
     env = {**os.environ, "REDIS_URL": url, "RAPPORT_KEY_PREFIX": prefix, "RAPPORT_INFERENCE_THREADS": str(threads),
-           "RAPPORT_RATE_LIMIT_PER_MINUTE": "100000"}
+           "RAPPORT_RATE_LIMIT_PER_MINUTE": "100000", "RAPPORT_STREAM_SHARDS": str(shards)}
     procs = [subprocess.Popen([sys.executable, "-m", "bots.cli", "--env-file", "/nonexistent", "worker"], env=env,
                               stderr=subprocess.DEVNULL) for _ in range(workers)]
-    settings = Settings(redis_url=url, key_prefix=prefix, mode="split", reply_timeout_s=600)
+    settings = Settings(redis_url=url, key_prefix=prefix, mode="split", reply_timeout_s=600, stream_shards=shards)
     try:
         async with StreamGateway.from_settings(settings) as gateway:
-            while len(await gateway.r.xinfo_consumers(f"{prefix}:in", "workers")) < workers:
+            while len(await gateway.r.xinfo_consumers(gateway.shards[-1].in_stream, "workers")) < workers:
                 await asyncio.sleep(0.2)  # every worker has loaded its models and is reading
             bot = FakeAdapter(gateway)
             t = time.perf_counter()
@@ -137,10 +140,29 @@ async def run(args: argparse.Namespace) -> dict:
             result["workers"].append(row)
             print(f"{workers} worker(s) x {row['threads_each']} thread(s): {row['messages_per_s']:.2f} messages/s, "
                   f"peak RSS {', '.join(f'{r:.0f}' for r in row['peak_rss_mb_each'])} MB", flush=True)
-    one = result["workers"][0]["messages_per_s"] if result["workers"] else None
-    for row in result["workers"]:
-        row["vs_one_worker"] = row["messages_per_s"] / one
+        one = result["workers"][0]["messages_per_s"] if result["workers"] else None
+        for row in result["workers"]:
+            row["vs_one_worker"] = row["messages_per_s"] / one
+        if args.cluster_rounds:
+            result["cluster"] = await cluster_vs_single(server.url, Path(tmp), args.cluster_rounds)
     return result
+
+
+async def cluster_vs_single(single_url: str, tmp: Path, rounds: int) -> dict:
+    """Split mode (1 worker, 2 threads) on one server and on a 3-master cluster with a replica each (the
+    stream in 3 shards), alternated ``rounds`` times: messages/s of each and their ratio."""
+    from engine.state.local_cluster import LocalCluster
+
+    rates: dict[str, list[float]] = {"single": [], "cluster": []}
+    with LocalCluster(tmp / "cluster", masters=3, replicas=1) as cluster:
+        for r in range(rounds):
+            for where, url, shards in (("single", single_url, 1), ("cluster", cluster.url, 3)):
+                row = await worker_throughput(url, f"vs{r}", 1, shards=shards)
+                rates[where].append(row["messages_per_s"])
+                print(f"round {r + 1}, {where}: {row['messages_per_s']:.2f} messages/s", flush=True)
+    ratio = float(np.median(rates["cluster"]) / np.median(rates["single"]))
+    print(f"cluster / single server: {ratio:.2f}x (medians over {rounds} rounds)", flush=True)
+    return {"messages_per_s": rates, "cluster_over_single": ratio}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -148,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4], help="worker counts to measure (none: skip)")
     p.add_argument("--skip-latency", action="store_true", help="only the profile and the workers")
+    p.add_argument("--cluster-rounds", type=int, default=0,
+                   help="also compare split mode on a 3-master local cluster with one server, alternating (0: skip)")
     p.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     args = p.parse_args(argv)
     limit_malloc_arenas()  # as `rapport` does: the process measured is the one that ships

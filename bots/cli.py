@@ -1,5 +1,6 @@
 """The ``rapport`` command line: ``rapport chat`` (terminal), ``rapport telegram``, ``rapport discord``,
-``rapport bots`` (every platform with a token, in one process), ``rapport worker`` (split mode).
+``rapport bots`` (every platform with a token, in one process), ``rapport worker`` (split mode),
+``rapport doctor`` and ``rapport migrate-keys`` (the hash-tagged key schema).
 
 With ``RAPPORT_MODE=split`` the adapters hand messages to ``rapport worker`` processes over Redis
 Streams instead of running the model themselves."""
@@ -173,6 +174,37 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _migrate_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.state.migrate import migrate_keys
+    from engine.state.redis_server import EmbeddedRedis
+    from engine.state.store import connect
+
+    async def run() -> int:
+        embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir / "redis").start()
+        client = connect(settings.redis_url or embedded.url, cluster=settings.redis_cluster)
+        try:
+            report = await migrate_keys(client, settings.key_prefix, dry_run=args.dry_run,
+                                        stream_shards=settings.stream_shards)
+        finally:
+            await client.aclose()
+            if embedded:
+                embedded.stop()
+        verb = "would move" if args.dry_run else "moved"
+        print(f"{verb} {report.moved} keys to the hash-tagged schema; {report.already_new} were already there, "
+              f"{report.shared} are shared keys (unchanged)")
+        for key_list, what in ((report.conflicts, "new name already in use, old key kept"),
+                               (report.unknown, "not understood, left alone")):
+            if key_list:
+                print(f"{len(key_list)} keys: {what}")
+        return 1 if report.conflicts or report.unknown else 0
+
+    try:
+        return asyncio.run(run())
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def _doctor(args: argparse.Namespace, settings: Settings) -> int:
     from .doctor import run
     return run(settings, args.env_file)
@@ -195,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("discord", "run the Discord bot (DISCORD_BOT_TOKEN; needs the message-content intent)"),
                        ("bots", "run every platform whose token is set, in one process")):
         sub.add_parser(name, help=text, description=text + ". Stops cleanly on SIGINT/SIGTERM.").set_defaults(run=_bots)
+    text = "move Redis keys written before the hash-tagged key schema (needed for a Redis Cluster) to their new names"
+    migrate = sub.add_parser("migrate-keys", help=text, description=text + ". Idempotent; stop the bot while it runs.")
+    migrate.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
+    migrate.set_defaults(run=_migrate_keys)
     text = "check this installation: versions, CPU features, the model, encoder, index and Redis it would use"
     sub.add_parser("doctor", help=text, description=text + "; exit code 1 when a part does not work. Models are "
                    "found at RAPPORT_MODEL_DIR / RAPPORT_ENCODER_DIR / RAPPORT_INDEX_DIR, else in the installed "

@@ -78,7 +78,7 @@ def check_redis(settings: Settings) -> str:
     from engine.state.store import connect
 
     async def ping() -> None:
-        client = connect(settings.redis_url, retries=0)
+        client = connect(settings.redis_url, retries=0, cluster=settings.redis_cluster)
         try:
             await asyncio.wait_for(client.ping(), 3)
         finally:

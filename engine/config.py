@@ -104,6 +104,7 @@ class Settings:
     model_dir: Path = env("RAPPORT_MODEL_DIR", DEFAULT_MODEL)
     encoder_dir: Path = env("RAPPORT_ENCODER_DIR", DEFAULT_ENCODER)
     index_dir: Path = env("RAPPORT_INDEX_DIR", DEFAULT_INDEX)
+    redis_cluster: bool = env("RAPPORT_REDIS_CLUSTER", False)
     key_prefix: str = env("RAPPORT_KEY_PREFIX", "rapport")
     bot_name: str = env("RAPPORT_BOT_NAME", "Rapport")
     persona: tuple[str, ...] = env("RAPPORT_PERSONA", ("i am a chatbot who likes to talk about anything",
@@ -124,6 +125,8 @@ class Settings:
     gateway_id: str | None = env("RAPPORT_GATEWAY_ID", None)
     worker_name: str | None = env("RAPPORT_WORKER_NAME", None)
     worker_concurrency: int = env("RAPPORT_WORKER_CONCURRENCY", 64)
+    stream_shards: int = env("RAPPORT_STREAM_SHARDS", 1)
+    worker_shards: str | None = env("RAPPORT_WORKER_SHARDS", None)
     claim_idle_s: float = env("RAPPORT_CLAIM_IDLE_S", 30.0)
     order_timeout_s: float = env("RAPPORT_ORDER_TIMEOUT_S", 120.0)
     reply_timeout_s: float = env("RAPPORT_REPLY_TIMEOUT_S", 120.0)

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from typing import Callable
 
 import numpy as np
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -77,7 +78,7 @@ class Engine:
         if not url:
             embedded = EmbeddedRedis(settings.data_dir / "redis").start()
             url = embedded.url
-        store = RedisStore.from_url(url, prefix=settings.key_prefix, history_turns=settings.history_turns,
+        store = RedisStore.from_url(url, cluster=settings.redis_cluster, prefix=settings.key_prefix, history_turns=settings.history_turns,
                                     history_tokens=settings.history_tokens, history_ttl_s=settings.history_ttl_s,
                                     profile_ttl_s=settings.profile_ttl_s)
         if replier is None:
@@ -125,8 +126,9 @@ class Engine:
     async def answer(self, msg: IncomingMessage) -> OutgoingMessage:
         """Answer ``msg`` without the duplicate check (split-mode workers: the gateway did it). Safe to
         repeat: a message whose reply is already in the history gets that reply again. Raises
-        ``redis.ConnectionError`` while Redis is unreachable, so the caller can retry later instead of
-        sending an apology for a message it still holds."""
+        ``redis.ConnectionError`` while Redis is unreachable (or a cluster has no master for the user's
+        slot yet, or the user's lock could not be had meanwhile: :class:`LockTimeout`), so the caller can
+        retry later instead of sending an apology or a "busy" notice for a message it still holds."""
         return await self._in_order(msg, dedupe=False)
 
     async def sent(self, out: OutgoingMessage, message_ids: list[str]) -> None:
@@ -181,8 +183,10 @@ class Engine:
                                        user=ref.user)
             except LockTimeout:
                 ERRORS.labels("LockTimeout").inc()
+                if not dedupe:  # a worker: its messages come in order, so Redis failed over meanwhile
+                    raise
                 text, kind = BUSY, "notice"
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, SlotNotCoveredError) as exc:
                 ERRORS.labels(type(exc).__name__).inc()
                 if not dedupe:
                     raise

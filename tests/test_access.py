@@ -24,7 +24,7 @@ async def test_allowlist_refuses_others_without_storing_their_messages(settings,
         assert first.text == NOT_ALLOWED and first.kind == "notice"
         again = await bot.send("bob", "hello?")
         assert again.silent  # one notice a day at most
-        assert await keys_of(eng, "fake:bob") == [f"{s.key_prefix}:notice:fake:bob"]  # no text, no history
+        assert await keys_of(eng, "fake:bob") == [f"{s.key_prefix}:{{fake:bob}}:notice"]  # no text, no history
         assert (await bot.send("root", "/help")).kind == "command"  # admins are always allowed
 
 

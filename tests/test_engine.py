@@ -58,11 +58,11 @@ async def test_forget_confirmation_expires(engine):
     bot = FakeAdapter(engine)
     await bot.send("u3", "/profile add I like tea")
     await bot.send("u3", "/forget")
-    await engine.store.r.delete(engine.store.key("confirm", "fake:u3"))  # what the 2-minute TTL does
+    await engine.store.r.delete(engine.store.user_key("fake:u3", "confirm"))  # what the 2-minute TTL does
     assert "Send /forget first" in (await bot.send("u3", "/forget yes")).text
-    assert await engine.store.r.ttl(engine.store.key("confirm", "fake:u3")) == -2
+    assert await engine.store.r.ttl(engine.store.user_key("fake:u3", "confirm")) == -2
     await bot.send("u3", "/forget")
-    assert 0 < await engine.store.r.ttl(engine.store.key("confirm", "fake:u3")) <= 120
+    assert 0 < await engine.store.r.ttl(engine.store.user_key("fake:u3", "confirm")) <= 120
 
 
 def engine_ref(user):

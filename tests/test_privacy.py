@@ -23,8 +23,8 @@ async def test_a_star_user_id_forgets_only_itself(store):
     await store.first_delivery(star, "m1")
     await store.forget_user(star)
     for victim in victims:
-        assert await store.history(victim) and await store.r.exists(store.key("msg", victim.user, victim.chat, "m1"))
-    assert not await store.r.exists(store.key("msg", "fake:*", "fake:*", "m1"))
+        assert await store.history(victim) and await store.r.exists(store.user_key(victim.user, "msg", victim.chat, "m1"))
+    assert not await store.r.exists(store.user_key("fake:*", "msg", "fake:*", "m1"))
 
 
 async def test_rate_limit_is_a_sliding_window(store):

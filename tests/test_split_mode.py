@@ -61,24 +61,26 @@ async def user_turns(settings, uid: str) -> list[str]:
 
 
 async def stream_is_drained(gateway: StreamGateway) -> None:
-    r, p = gateway.r, gateway.settings.key_prefix
-    assert await r.xlen(f"{p}:in") == 0
-    assert (await r.xpending(f"{p}:in", "workers"))["pending"] == 0
-    assert await r.xlen(gateway.out_stream) == 0
+    for shard in gateway.shards:
+        assert await gateway.r.xlen(shard.in_stream) == 0
+        assert (await gateway.r.xpending(shard.in_stream, "workers"))["pending"] == 0
+        assert await gateway.r.xlen(shard.out_stream(gateway.id)) == 0
 
 
 async def stream_state(gateway: StreamGateway, crew: list[StreamWorker]) -> str:
     """Where the messages stand, for a test that timed out: the streams, the pending entries, what each
     worker holds and where its tasks wait."""
-    r, p = gateway.r, gateway.settings.key_prefix
-    lines = [f"in: {await r.xlen(f'{p}:in')} entries; out: {await r.xlen(gateway.out_stream)}; "
-             f"gateway waits for {len(gateway._waiting)} replies; its reader: {gateway._reader!r}"]
-    for e in await r.xpending_range(f"{p}:in", "workers", "-", "+", 100):
-        entry = await r.xrange(f"{p}:in", e["message_id"], e["message_id"])
-        fields = entry[0][1] if entry else {}
-        user = json.loads(fields[b"msg"])["user_id"] if fields else "(deleted)"
-        lines.append(f"pending {e['message_id']!r} ({user} #{fields.get(b'seq', b'?').decode()}) at "
-                     f"{e['consumer']!r}, idle {e['time_since_delivered']} ms, {e['times_delivered']} deliveries")
+    r = gateway.r
+    lines = [f"gateway waits for {len(gateway._waiting)} replies; its tasks: {gateway._tasks!r}"]
+    for shard in gateway.shards:
+        lines.append(f"shard {shard.index}: in {await r.xlen(shard.in_stream)} entries; "
+                     f"out {await r.xlen(shard.out_stream(gateway.id))}")
+        for e in await r.xpending_range(shard.in_stream, "workers", "-", "+", 100):
+            entry = await r.xrange(shard.in_stream, e["message_id"], e["message_id"])
+            fields = entry[0][1] if entry else {}
+            user = json.loads(fields[b"msg"])["user_id"] if fields else "(deleted)"
+            lines.append(f"pending {e['message_id']!r} ({user} #{fields.get(b'seq', b'?').decode()}) at "
+                         f"{e['consumer']!r}, idle {e['time_since_delivered']} ms, {e['times_delivered']} deliveries")
     for w in crew:
         lines.append(f"worker {w.name}: answered {w.answered}, reclaimed {w.reclaimed}, holds {list(w._inflight)}")
     lines += ["tasks and where they wait:"] + [f"  {awaits(task)}" for task in asyncio.all_tasks()]
@@ -140,7 +142,7 @@ async def test_a_killed_worker_loses_nothing(split_settings, replier):
         bot = FakeAdapter(gateway)
         talks = asyncio.gather(*(converse(bot, k, 3) for k in range(4)))
         for _ in range(600):  # wait until the doomed worker holds messages, then kill it mid-batch
-            pending = await gateway.r.xpending(f"{split_settings.key_prefix}:in", "workers")
+            pending = await gateway.r.xpending(gateway.shards[0].in_stream, "workers")
             if any(c["name"] == b"doomed" and c["pending"] for c in pending.get("consumers", [])):
                 break
             await asyncio.sleep(0.05)

@@ -20,7 +20,7 @@ async def test_history_capped_by_turns_and_tokens_with_ttl(store):
     await store.append_turns(REF, [StoredTurn("bot", "w " * 150, 11), StoredTurn("user", "w " * 100, 12)], words)
     kept = await store.history(REF)
     assert sum(words(t.text) for t in kept) <= 200 and kept[-1].ts == 12
-    ttl = await store.r.ttl(f"{store.p}:hist:fake:c1:fake:u1")
+    ttl = await store.r.ttl(f"{store.p}:{{fake:u1}}:hist:fake:c1")
     assert 0 < ttl <= store.history_ttl_s
 
 
@@ -37,7 +37,7 @@ async def test_profile_round_trip_and_forget(store):
     assert await store.facts(REF) == ["i like jazz", "my name is ana"]
     assert await store.prefs(REF) == {"style": "short"}
     assert await store.forget_user(REF) == 7
-    assert await store.r.keys(f"{store.p}:*:fake:u1*") == []
+    assert await store.r.keys(f"{store.p}:*fake:u1*") == []
     assert await store.facts(other) == ["i like rock"]
 
 
@@ -103,7 +103,7 @@ async def test_a_slow_holder_keeps_the_lock_and_a_dead_one_loses_it(store):
 
     await asyncio.gather(slow(), other())
     assert events == ["slow in", "slow out", "other in"]
-    await store.r.set(store.key("lock", REF.owner), "a holder that died", px=200)
+    await store.r.set(store.user_key(REF.owner, "lock"), "a holder that died", px=200)
     started = asyncio.get_running_loop().time()
     async with store.user_lock(REF, 1.0):
         pass

@@ -24,6 +24,7 @@ class ReactionKeys:
 
     r: "aioredis.Redis"
     key: Callable[..., str]
+    user_key: Callable[..., str]
     history_ttl_s: int
     profile_ttl_s: int
 
@@ -32,26 +33,26 @@ class ReactionKeys:
         record = json.dumps({"text": text, "ts": time.time()}, ensure_ascii=False)
         pipe = self.r.pipeline(transaction=True)
         for mid in message_ids:
-            pipe.set(self.key("sent", ref.user, ref.chat, mid), record, ex=self.history_ttl_s)
+            pipe.set(self.user_key(ref.user, "sent", ref.chat, mid), record, ex=self.history_ttl_s)
         if message_ids:
-            pipe.set(self.key("lastsent", ref.user, ref.chat), message_ids[-1], ex=self.history_ttl_s)
+            pipe.set(self.user_key(ref.user, "lastsent", ref.chat), message_ids[-1], ex=self.history_ttl_s)
         await pipe.execute()
 
     async def last_sent(self, ref: UserRef) -> str | None:
         """The id of the bot's latest reply to ``ref`` in its chat (None when it has expired)."""
-        mid = await self.r.get(self.key("lastsent", ref.user, ref.chat))
+        mid = await self.r.get(self.user_key(ref.user, "lastsent", ref.chat))
         return mid.decode() if mid else None
 
     async def sent_text(self, ref: UserRef, message_id: str) -> str | None:
         """The reply the bot's message ``message_id`` carried to ``ref``, or None (expired, or not a reply to them)."""
-        raw = await self.r.get(self.key("sent", ref.user, ref.chat, message_id))
+        raw = await self.r.get(self.user_key(ref.user, "sent", ref.chat, message_id))
         return json.loads(raw)["text"] if raw else None
 
     async def set_reaction(self, ref: UserRef, message_id: str, text: str, value: int) -> None:
         """Store ``ref``'s reaction (+1 / -1) to the reply ``text`` in message ``message_id``; 0 removes it.
         Only the latest FEEDBACK_KEPT reactions are kept."""
         field_name = f"{ref.chat}/{message_id}"
-        fb, vec = self.key("fb", ref.owner), self.key("fbvec", ref.owner)
+        fb, vec = self.user_key(ref.owner, "fb"), self.user_key(ref.owner, "fbvec")
         if value == 0:
             await self.r.hdel(fb, field_name)
             await self.r.hdel(vec, field_name)
@@ -68,12 +69,12 @@ class ReactionKeys:
 
     async def reactions(self, ref: UserRef) -> dict[str, dict]:
         """``ref``'s reactions: {"chat/message": {"text", "value", "ts"}}."""
-        raw = await self.r.hgetall(self.key("fb", ref.owner))
+        raw = await self.r.hgetall(self.user_key(ref.owner, "fb"))
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     async def reaction_vectors(self, ref: UserRef) -> dict[str, np.ndarray]:
         """The stored embeddings of the replies ``ref`` reacted to (some may not be computed yet)."""
-        raw = await self.r.hgetall(self.key("fbvec", ref.owner))
+        raw = await self.r.hgetall(self.user_key(ref.owner, "fbvec"))
         return {k.decode(): np.frombuffer(v, dtype=np.float32).copy() for k, v in raw.items()}
 
     async def set_reaction_vectors(self, ref: UserRef, vectors: dict[str, np.ndarray]) -> None:
@@ -81,6 +82,6 @@ class ReactionKeys:
         if not vectors:
             return
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.key("fbvec", ref.owner), mapping={k: v.astype(np.float32).tobytes() for k, v in vectors.items()})
-        pipe.expire(self.key("fbvec", ref.owner), self.profile_ttl_s)
+        pipe.hset(self.user_key(ref.owner, "fbvec"), mapping={k: v.astype(np.float32).tobytes() for k, v in vectors.items()})
+        pipe.expire(self.user_key(ref.owner, "fbvec"), self.profile_ttl_s)
         await pipe.execute()

@@ -1,35 +1,41 @@
 """Per-user state in Redis: history, facts, profile vector, preferences, lock, rate limit.
 
 Key schema (``P`` is the prefix, ``U`` = ``{platform}:{user_id}``, ``C`` = ``{platform}:{chat_id}``,
-``O`` = the profile owner: ``U`` itself, or the account U was linked to with ``/link``):
+``O`` = the profile owner: ``U`` itself, or the account U was linked to with ``/link``). Every key of one
+account or profile owner carries it as a hash tag (``{U}`` / ``{O}``), so on a Redis Cluster each user's
+keys share one slot and each script or transaction of the store touches one slot:
 
-  P:hist:C:U     list of JSON turns {"role","text","ts"}   capped by turns and tokens; TTL history_ttl_s
-  P:chats:U      set of chat keys holding U's history          TTL history_ttl_s
-  P:facts:O      list of fact strings                          TTL profile_ttl_s
-  P:vec:O        string, float32 bytes of the profile vector   TTL profile_ttl_s
-  P:prefs:O      hash of preferences (style, ...)              TTL profile_ttl_s
-  P:seen:O       string, number of messages the vector has seen TTL profile_ttl_s
-  P:lock:O       string, lock token                            PX lock_timeout
-  P:rate:U       sorted set of U's message times (sliding one-minute window)  TTL 60 s
-  P:link:U       string, the owner O whose profile U uses      until /forget
-  P:linked:O     set of the accounts linked to O               until /forget
-  P:linkcode:K   JSON {"owner","account"}: one-time code K, made by account U for owner O
-                                                               TTL link_code_ttl_s, deleted when used or on /forget
-  P:linkcodes:U  set of the codes U made that may still be live TTL link_code_ttl_s
-  P:msg:U:C:M    "1" once U's message M in chat C was accepted (drops platform retries)  TTL 1 day
-  P:sent:U:C:M   JSON {"text","ts"}: the bot's reply to U carried by its message M in chat C  TTL history_ttl_s
-  P:lastsent:U:C string, the id of the bot's latest reply to U in chat C (/good, /bad)  TTL history_ttl_s
-  P:fb:O         hash "C/M" -> JSON {"text","value","ts"}: replies O reacted to (+1 / -1), the
-                 latest FEEDBACK_KEPT                          TTL profile_ttl_s
-  P:fbvec:O      hash "C/M" -> float32 bytes: the sentence embedding of that reply  TTL profile_ttl_s
-  P:confirm:U    "forget" while U's /forget waits for "/forget yes"  TTL 120 s
-  P:notice:U     "1" once U was told they may not use the bot (one notice a day)  TTL 1 day
-  P:blocked      set of accounts an admin blocked (/block)     until /unblock
-  P:users        set of accounts that talked to the bot (/stats)  until the account's /forget
-  P:stats        hash of counters: messages, replies, commands, rate_limited, refused, safety_<category>
-  P:latency      list of the latest 1,000 reply latencies in ms (/stats p50/p95)
-No key holds message text except P:hist, P:sent and P:fb (the bot's replies) and P:facts (the user's own
-statements).
+  P:{U}:hist:C     list of JSON turns {"role","text","ts"}   capped by turns and tokens; TTL history_ttl_s
+  P:{U}:chats      set of chat keys holding U's history          TTL history_ttl_s
+  P:{O}:facts      list of fact strings                          TTL profile_ttl_s
+  P:{O}:vec        string, float32 bytes of the profile vector   TTL profile_ttl_s
+  P:{O}:prefs      hash of preferences (style, ...)              TTL profile_ttl_s
+  P:{O}:seen       string, number of messages the vector has seen TTL profile_ttl_s
+  P:{O}:lock       string, lock token                            PX lock_timeout
+  P:{U}:rate       sorted set of U's message times (sliding one-minute window)  TTL 60 s
+  P:{U}:link       string, the owner O whose profile U uses      until /forget
+  P:{O}:linked     set of the accounts linked to O               until /forget
+  P:linkcode:K     JSON {"owner","account"}: one-time code K, made by account U for owner O
+                                                                 TTL link_code_ttl_s, deleted when used or on /forget
+  P:{U}:linkcodes  set of the codes U made that may still be live TTL link_code_ttl_s
+  P:{U}:msg:C:M    "1" once U's message M in chat C was accepted (drops platform retries)  TTL 1 day
+  P:{U}:sent:C:M   JSON {"text","ts"}: the bot's reply to U carried by its message M in chat C  TTL history_ttl_s
+  P:{U}:lastsent:C string, the id of the bot's latest reply to U in chat C (/good, /bad)  TTL history_ttl_s
+  P:{O}:fb         hash "C/M" -> JSON {"text","value","ts"}: replies O reacted to (+1 / -1), the
+                   latest FEEDBACK_KEPT                          TTL profile_ttl_s
+  P:{O}:fbvec      hash "C/M" -> float32 bytes: the sentence embedding of that reply  TTL profile_ttl_s
+  P:{U}:confirm    "forget" while U's /forget waits for "/forget yes"  TTL 120 s
+  P:{U}:notice     "1" once U was told they may not use the bot (one notice a day)  TTL 1 day
+  P:blocked        set of accounts an admin blocked (/block)     until /unblock
+  P:users          set of accounts that talked to the bot (/stats)  until the account's /forget
+  P:stats          hash of counters: messages, replies, commands, rate_limited, refused, safety_<category>
+  P:latency        list of the latest 1,000 reply latencies in ms (/stats p50/p95)
+No key holds message text except P:{U}:hist, P:{U}:sent and P:{O}:fb (the bot's replies) and P:{O}:facts
+(the user's own statements). Keys written before the hash tags (``P:hist:C:U``, ...) are moved by
+``rapport migrate-keys`` (engine/state/migrate.py).
+
+Only /link and /forget touch two users' slots (an account's and its owner's): on a single server each is
+one transaction; on a cluster their commands go to each slot's node, without a transaction over both.
 """
 from __future__ import annotations
 
@@ -40,10 +46,13 @@ import time
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.crc import key_slot
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
@@ -55,6 +64,9 @@ from .reactions import ReactionKeys
 DEDUPE_TTL_S = 86400
 CONFIRM_TTL_S = 120
 LATENCIES_KEPT = 1000
+CLUSTER_CONNECTIONS = 1024  # per node
+UNTIL_ANSWERED = 10**9  # "retry until Redis answers" for the cluster client (at most 1 s apart: decades)
+PROFILE_KINDS = ("facts", "vec", "prefs", "seen", "linked", "fb", "fbvec")  # the keys of a profile owner
 # Sliding-window rate limit: drop entries older than the window, admit if fewer than the limit remain.
 _RATE = """
 local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -104,15 +116,43 @@ class StoredTurn:
     mid: str = ""  # the platform's message id of a user turn (a redelivered message is answered from it)
 
 
-def connect(url: str, max_connections: int = 64, retries: int = 3) -> aioredis.Redis:
+def cluster_nodes(url: str) -> list[tuple[str, int]] | None:
+    """The nodes of a cluster URL ``redis://host1:port1,host2:port2/...`` (None for a one-server URL)."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    if "," not in netloc:
+        return None
+    nodes = []
+    for part in netloc.split(","):
+        host, _, port = part.rpartition(":")
+        nodes.append((host or part, int(port) if host else 6379))
+    return nodes
+
+
+def connect(url: str, max_connections: int = 64, retries: int = 3,
+            cluster: bool = False) -> aioredis.Redis | RedisCluster:
     """A client for ``url`` whose pool waits for a free connection rather than opening too many, and
     that retries a command ``retries`` times (-1: until Redis answers) on a dropped connection (a Redis
-    restart), with redis-py's exponential backoff (capped at 1 s)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=30, health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError])
-    return aioredis.Redis(connection_pool=pool)
+    restart), with redis-py's exponential backoff (capped at 1 s).
+
+    A URL with several nodes (``redis://h1:p1,h2:p2``), or ``cluster``, gives redis-py's RedisCluster:
+    it learns the slot map from any node, follows MOVED/ASK and re-reads the map after a failover."""
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries)
+    nodes = cluster_nodes(url)
+    if nodes is None and not cluster:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=30, health_check_interval=30, retry=retry,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        return aioredis.Redis(connection_pool=pool)
+    if retries < 0:  # redis-py's cluster client runs a command range(retries) times: -1 would run it never
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=UNTIL_ANSWERED)
+    parts = urlsplit(url)
+    first = nodes[0] if nodes else (parts.hostname or "127.0.0.1", parts.port or 6379)
+    rest = urlunsplit((parts.scheme, f"{parts.netloc.rpartition('@')[0]}@{first[0]}:{first[1]}".lstrip("@"),
+                       parts.path, parts.query, parts.fragment))
+    # redis-py's cluster pool fails a command when a node's connections are all busy (it does not wait, as
+    # the one-server pool does): allow many, so a burst (a worker's 64 messages at once) does not fail
+    return RedisCluster.from_url(rest, startup_nodes=[ClusterNode(h, p) for h, p in nodes or [first]],
+                                 max_connections=max(max_connections, CLUSTER_CONNECTIONS), retry=retry)
 
 
 async def _set_within(event: asyncio.Event, seconds: float) -> bool:
@@ -175,7 +215,10 @@ class RedisStore(ReactionKeys):
 
     def __init__(self, client: aioredis.Redis, prefix: str = "rapport", history_turns: int = 20,
                  history_tokens: int = 1000, history_ttl_s: int = 7 * 86400, profile_ttl_s: int = 365 * 86400):
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"the key prefix {prefix!r} may not hold braces: they would replace each user's hash tag")
         self.r = client
+        self.cluster = isinstance(client, RedisCluster)
         self.p = prefix
         self.history_turns = history_turns
         self.history_tokens = history_tokens
@@ -184,10 +227,10 @@ class RedisStore(ReactionKeys):
         self._rate = self.r.register_script(_RATE)
 
     @classmethod
-    def from_url(cls, url: str, max_connections: int = 64, **kwargs) -> "RedisStore":
-        """Connect lazily to ``url`` (redis://host:port/db); at most ``max_connections`` at once (more
-        concurrent calls wait for a free connection instead of failing)."""
-        return cls(connect(url, max_connections), **kwargs)
+    def from_url(cls, url: str, max_connections: int = 64, cluster: bool = False, **kwargs) -> "RedisStore":
+        """Connect lazily to ``url`` (redis://host:port/db, or several nodes of a cluster); at most
+        ``max_connections`` at once (more concurrent calls wait for a free connection instead of failing)."""
+        return cls(connect(url, max_connections, cluster=cluster), **kwargs)
 
     async def ping(self) -> bool:
         """True when the server answers (raises if it cannot be reached); the round trip goes to the metrics."""
@@ -201,23 +244,45 @@ class RedisStore(ReactionKeys):
         await self.r.aclose()
 
     def key(self, kind: str, *parts: str) -> str:
-        """The Redis key ``P:kind:part:...`` (schema above; split mode's keys in engine/split/__init__.py)."""
+        """A shared key ``P:kind:part:...`` (schema above; split mode's keys in engine/split/__init__.py)."""
         return ":".join((self.p, kind, *parts))
+
+    def user_key(self, who: str, kind: str, *parts: str) -> str:
+        """A key of one account or profile owner, ``P:{who}:kind:part:...``: hash-tagged by ``who``."""
+        return ":".join((self.p, "{" + who + "}", kind, *parts))
+
+    async def _keys_of(self, account: str, kind: str) -> list[str]:
+        """Every key ``P:{account}:kind:...``. On a cluster they all sit in the account's slot, which is read
+        on the node that holds it (CLUSTER GETKEYSINSLOT); on one server, SCAN."""
+        prefix = self.user_key(account, kind) + ":"
+        if not self.cluster:
+            pattern = glob_escape(prefix) + "*"
+            return [key.decode() async for key in self.r.scan_iter(match=pattern, count=100)]
+        slot = key_slot(prefix.encode())
+        count = int(await self.r.cluster_countkeysinslot(slot))
+        keys = await self.r.cluster_get_keys_in_slot(slot, count) if count else []
+        names = [k.decode() if isinstance(k, bytes) else k for k in keys]
+        return [k for k in names if k.startswith(prefix)]
+
+    def _multi_slot_pipeline(self):
+        """A pipeline for commands on several users' slots: one transaction on a single server; on a
+        cluster, redis-py sends each command to its slot's node (no transaction spans slots there)."""
+        return self.r.pipeline(transaction=not self.cluster)
 
     # --- history --------------------------------------------------------------------------------
     async def history(self, ref: UserRef) -> list[StoredTurn]:
-        raw = await self.r.lrange(self.key("hist", ref.chat, ref.user), 0, -1)
+        raw = await self.r.lrange(self.user_key(ref.user, "hist", ref.chat), 0, -1)
         return [StoredTurn(**json.loads(item)) for item in raw]
 
     async def append_turns(self, ref: UserRef, turns: list[StoredTurn], token_count) -> None:
         """Append ``turns``; then drop the oldest until within the turn and token caps."""
-        key = self.key("hist", ref.chat, ref.user)
+        key = self.user_key(ref.user, "hist", ref.chat)
         pipe = self.r.pipeline(transaction=True)
         pipe.rpush(key, *[json.dumps(t.__dict__, ensure_ascii=False) for t in turns])
         pipe.ltrim(key, -self.history_turns, -1)
         pipe.expire(key, self.history_ttl_s)
-        pipe.sadd(self.key("chats", ref.user), ref.chat)
-        pipe.expire(self.key("chats", ref.user), self.history_ttl_s)
+        pipe.sadd(self.user_key(ref.user, "chats"), ref.chat)
+        pipe.expire(self.user_key(ref.user, "chats"), self.history_ttl_s)
         await pipe.execute()
         kept = await self.history(ref)
         total, drop = sum(token_count(t.text) for t in kept), 0
@@ -228,14 +293,14 @@ class RedisStore(ReactionKeys):
             await self.r.ltrim(key, drop, -1)
 
     async def clear_history(self, ref: UserRef) -> None:
-        await self.r.delete(self.key("hist", ref.chat, ref.user))
+        await self.r.delete(self.user_key(ref.user, "hist", ref.chat))
 
     # --- profile ----------------------------------------------------------------------------------
     async def facts(self, ref: UserRef) -> list[str]:
-        return [f.decode() for f in await self.r.lrange(self.key("facts", ref.owner), 0, -1)]
+        return [f.decode() for f in await self.r.lrange(self.user_key(ref.owner, "facts"), 0, -1)]
 
     async def set_facts(self, ref: UserRef, facts: list[str]) -> None:
-        key = self.key("facts", ref.owner)
+        key = self.user_key(ref.owner, "facts")
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(key)
         if facts:
@@ -244,51 +309,55 @@ class RedisStore(ReactionKeys):
         await pipe.execute()
 
     async def vector(self, ref: UserRef) -> tuple[np.ndarray | None, int]:
-        raw, seen = await self.r.mget(self.key("vec", ref.owner), self.key("seen", ref.owner))
+        raw, seen = await self.r.mget(self.user_key(ref.owner, "vec"), self.user_key(ref.owner, "seen"))
         if raw is None:
             return None, 0
         return np.frombuffer(raw, dtype=np.float32).copy(), int(seen or 0)
 
     async def set_vector(self, ref: UserRef, vector: np.ndarray, seen: int) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.set(self.key("vec", ref.owner), vector.astype(np.float32).tobytes(), ex=self.profile_ttl_s)
-        pipe.set(self.key("seen", ref.owner), seen, ex=self.profile_ttl_s)
+        pipe.set(self.user_key(ref.owner, "vec"), vector.astype(np.float32).tobytes(), ex=self.profile_ttl_s)
+        pipe.set(self.user_key(ref.owner, "seen"), seen, ex=self.profile_ttl_s)
         await pipe.execute()
 
     async def prefs(self, ref: UserRef) -> dict[str, str]:
-        raw = await self.r.hgetall(self.key("prefs", ref.owner))
+        raw = await self.r.hgetall(self.user_key(ref.owner, "prefs"))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def set_pref(self, ref: UserRef, key: str, value: str) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.key("prefs", ref.owner), key, value)
-        pipe.expire(self.key("prefs", ref.owner), self.profile_ttl_s)
+        pipe.hset(self.user_key(ref.owner, "prefs"), key, value)
+        pipe.expire(self.user_key(ref.owner, "prefs"), self.profile_ttl_s)
         await pipe.execute()
 
     async def accounts(self, ref: UserRef) -> set[str]:
         """Every account that shares ``ref``'s profile (``ref`` itself, its owner and the owner's links)."""
-        return {ref.user, ref.owner} | {a.decode() for a in await self.r.smembers(self.key("linked", ref.owner))}
+        return {ref.user, ref.owner} | {a.decode() for a in await self.r.smembers(self.user_key(ref.owner, "linked"))}
 
     async def chats(self, account: str) -> set[str]:
         """The chat keys holding ``account``'s history."""
-        return {c.decode() for c in await self.r.smembers(self.key("chats", account))}
+        return {c.decode() for c in await self.r.smembers(self.user_key(account, "chats"))}
 
     async def forget_user(self, ref: UserRef) -> int:
         """Delete every key about the person: the profile, and for every linked account its history in
         every chat, rate window, message-id markers, link, pending link codes, confirmation and notice
         markers, and its entry in the user list of /stats; returns keys deleted."""
         accounts = await self.accounts(ref)
-        keys = [self.key(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked", "fb", "fbvec")]
-        for account in accounts:
+        keys = []
+        for account in accounts:  # an account's profile keys too: one linked before may have left some
+            keys += [self.user_key(account, kind) for kind in PROFILE_KINDS]
             chats = await self.chats(account)
             if account == ref.user:
                 chats.add(ref.chat)
-            keys += [self.key("hist", chat, account) for chat in chats]
-            keys += [self.key(kind, account) for kind in ("chats", "link", "rate", "confirm", "notice", "linkcodes")]
-            keys += [self.key("linkcode", c.decode()) for c in await self.r.smembers(self.key("linkcodes", account))]
+            keys += [self.user_key(account, "hist", chat) for chat in chats]
+            keys += [self.user_key(account, kind) for kind in ("chats", "link", "rate", "confirm", "notice", "linkcodes")]
+            keys += [self.key("linkcode", c.decode()) for c in await self.r.smembers(self.user_key(account, "linkcodes"))]
             for kind in ("msg", "sent", "lastsent"):
-                pattern = self.key(kind, glob_escape(account), "*")
-                keys += [key.decode() async for key in self.r.scan_iter(match=pattern, count=100)]
+                keys += await self._keys_of(account, kind)
+        if self.cluster:  # redis-py splits a DEL of several slots into one DEL per slot
+            deleted = await self.r.delete(*keys)
+            await self.r.srem(self.key("users"), *accounts)
+            return int(deleted)
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(*keys)
         pipe.srem(self.key("users"), *accounts)
@@ -303,7 +372,7 @@ class RedisStore(ReactionKeys):
         histories = {}
         for account in accounts:
             for chat in sorted(await self.chats(account) | ({ref.chat} if account == ref.user else set())):
-                raw = await self.r.lrange(self.key("hist", chat, account), 0, -1)
+                raw = await self.r.lrange(self.user_key(account, "hist", chat), 0, -1)
                 if raw:
                     histories[f"{chat} / {account}"] = [json.loads(item) for item in raw]
         return {
@@ -321,16 +390,16 @@ class RedisStore(ReactionKeys):
 
     async def ask_confirmation(self, ref: UserRef) -> None:
         """Remember for CONFIRM_TTL_S seconds that ``ref`` asked to /forget."""
-        await self.r.set(self.key("confirm", ref.user), "forget", ex=CONFIRM_TTL_S)
+        await self.r.set(self.user_key(ref.user, "confirm"), "forget", ex=CONFIRM_TTL_S)
 
     async def confirmed(self, ref: UserRef) -> bool:
         """True (once) when ``ref`` asked to /forget within the last CONFIRM_TTL_S seconds."""
-        return bool(await self.r.getdel(self.key("confirm", ref.user)))
+        return bool(await self.r.getdel(self.user_key(ref.user, "confirm")))
 
     # --- one person on several platforms -------------------------------------------------------------
     async def resolve(self, ref: UserRef) -> UserRef:
         """``ref`` with the profile owner it is linked to, if any."""
-        owner = await self.r.get(self.key("link", ref.user))
+        owner = await self.r.get(self.user_key(ref.user, "link"))
         return UserRef(ref.platform, ref.user_id, ref.chat_id, owner.decode() if owner else "")
 
     async def create_link_code(self, ref: UserRef, ttl_s: int) -> str:
@@ -341,8 +410,8 @@ class RedisStore(ReactionKeys):
             code = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(8))
             if await self.r.set(self.key("linkcode", code), value, nx=True, ex=ttl_s):
                 pipe = self.r.pipeline(transaction=True)
-                pipe.sadd(self.key("linkcodes", ref.user), code)
-                pipe.expire(self.key("linkcodes", ref.user), ttl_s)
+                pipe.sadd(self.user_key(ref.user, "linkcodes"), code)
+                pipe.expire(self.user_key(ref.user, "linkcodes"), ttl_s)
                 await pipe.execute()
                 return code
 
@@ -352,24 +421,25 @@ class RedisStore(ReactionKeys):
         if not raw:
             return None
         data = json.loads(raw)
-        await self.r.srem(self.key("linkcodes", data["account"]), code)
+        await self.r.srem(self.user_key(data["account"], "linkcodes"), code)
         return data["owner"], data["account"]
 
     async def link(self, ref: UserRef, owner: str, max_facts: int) -> None:
         """Make ``ref``'s account (and every account linked to it) use ``owner``'s profile. ``ref``'s own
-        facts join the owner's; its vector and preferences are dropped (the owner's are kept)."""
+        facts join the owner's; its vector, preferences and reactions are dropped (the owner's are kept)."""
         mine = await self.facts(ref)
         target = UserRef(*owner.split(":", 1), chat_id="-")
         theirs = await self.facts(target)
         merged = (theirs + [f for f in mine if f not in theirs])[-max_facts:]
-        moved = {ref.user} | {a.decode() for a in await self.r.smembers(self.key("linked", ref.owner))}
+        moved = {ref.user} | {a.decode() for a in await self.r.smembers(self.user_key(ref.owner, "linked"))}
         moved.discard(owner)
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self._multi_slot_pipeline()
         for account in moved:
-            pipe.set(self.key("link", account), owner)
-        pipe.sadd(self.key("linked", owner), *moved)
-        pipe.delete(*[self.key(kind, ref.owner) for kind in ("facts", "vec", "prefs", "seen", "linked")])
-        pipe.delete(self.key("link", owner))
+            pipe.set(self.user_key(account, "link"), owner)
+        pipe.sadd(self.user_key(owner, "linked"), *moved)
+        for kind in PROFILE_KINDS:
+            pipe.delete(self.user_key(ref.owner, kind))
+        pipe.delete(self.user_key(owner, "link"))
         await pipe.execute()
         await self.set_facts(target, merged)
 
@@ -377,7 +447,7 @@ class RedisStore(ReactionKeys):
     async def allow(self, ref: UserRef, per_minute: int, window_s: float = 60.0) -> bool:
         """Sliding-window rate limit: at most ``per_minute`` messages in any ``window_s`` seconds."""
         now = time.time()
-        return bool(await self._rate(keys=[self.key("rate", ref.user)],
+        return bool(await self._rate(keys=[self.user_key(ref.user, "rate")],
                                      args=[now, window_s, per_minute, f"{now:.6f}-{secrets.token_hex(4)}"]))
 
     async def rewrite_disk(self, timeout_s: float = 60.0) -> None:
@@ -414,7 +484,7 @@ class RedisStore(ReactionKeys):
 
     async def notice_due(self, ref: UserRef) -> bool:
         """True at most once a day per account: may we tell it that it cannot use the bot?"""
-        return bool(await self.r.set(self.key("notice", ref.user), 1, nx=True, ex=DEDUPE_TTL_S))
+        return bool(await self.r.set(self.user_key(ref.user, "notice"), 1, nx=True, ex=DEDUPE_TTL_S))
 
     async def count(self, *events: str, latency_ms: float | None = None, user: str | None = None) -> None:
         """Add 1 to each counter of ``events``; record a reply latency and an active user."""
@@ -442,14 +512,14 @@ class RedisStore(ReactionKeys):
 
     async def first_delivery(self, ref: UserRef, message_id: str) -> bool:
         """True the first time message ``message_id`` of ``ref``'s chat is seen (within a day)."""
-        return bool(await self.r.set(self.key("msg", ref.user, ref.chat, message_id), 1, nx=True, ex=DEDUPE_TTL_S))
+        return bool(await self.r.set(self.user_key(ref.user, "msg", ref.chat, message_id), 1, nx=True, ex=DEDUPE_TTL_S))
 
     @asynccontextmanager
     async def user_lock(self, ref: UserRef, timeout_s: float) -> AsyncIterator[None]:
         """Cross-process lock on the user (redis-py's :class:`~redis.asyncio.lock.Lock`). While the block
         runs, the lock is renewed every ``timeout_s / 3`` (a slow reply keeps it); if its holder dies, it
         expires after ``timeout_s``. A waiter gives up after 1.5 x that (:class:`LockTimeout`)."""
-        lock = self.r.lock(self.key("lock", ref.owner), timeout=timeout_s, sleep=0.01,
+        lock = self.r.lock(self.user_key(ref.owner, "lock"), timeout=timeout_s, sleep=0.01,
                            blocking_timeout=1.5 * timeout_s)
         if not await lock.acquire():
             raise LockTimeout(f"user {ref.user} is still locked after {timeout_s} s")
