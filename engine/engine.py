@@ -12,7 +12,6 @@ from contextvars import ContextVar
 from typing import Callable
 
 import numpy as np
-from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,7 +34,7 @@ from .safety import Assessment, SafetyFilter, SafetyReplies
 from .safety.loading import load_classifier
 from .safety.replies import DEFAULT_CRISIS_REPLY, DEFAULT_CRISIS_URL
 from .sanitize import clean_text
-from .state.store import LockTimeout, RedisStore, Store, StoredTurn, UserRef
+from .state.store import REDIS_UNAVAILABLE, LockTimeout, RedisStore, Store, StoredTurn, UserRef
 
 _batch_size: ContextVar[int | None] = ContextVar("batch_size", default=None)  # of this message's reply, for the log
 log = logging.getLogger("rapport.engine")
@@ -186,7 +185,7 @@ class Engine:
                 if not dedupe:  # a worker: its messages come in order, so Redis failed over meanwhile
                     raise
                 text, kind = BUSY, "notice"
-            except (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, SlotNotCoveredError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 ERRORS.labels(type(exc).__name__).inc()
                 if not dedupe:
                     raise

@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .dequantize import dequantize_matmul_nbits
+from .table_quantize import drop_unused_initializers
 
 WEIGHT_LEVELS = 63  # 7 bits: no int16 overflow in u8 x s8 pair sums
 GELU_MIN = 0.17  # GELU(x) >= -0.16997 for every x
@@ -191,9 +192,7 @@ def rows_int8(model: onnx.ModelProto, channel_max: dict[str, np.ndarray] | None 
     del graph.node[:]
     graph.node.extend(new_nodes)
     _require_opset(model, 21)  # QuantizeLinear with a block per row
-    used = {i for nd in graph.node for i in nd.input}
-    for init in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     return len(targets)
 
 

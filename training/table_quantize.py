@@ -93,12 +93,17 @@ def tables_to_4bit(model: onnx.ModelProto, min_elements: int = MIN_ELEMENTS) -> 
         graph.initializer.extend([numpy_helper.from_array(packed, f"{tag}_data"),
                                   numpy_helper.from_array(scales, f"{tag}_scales")])
         done.append(table_name)
-    used = {i for n in graph.node for i in n.input}
-    for init in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return done
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node of ``graph`` reads any more (the tables and weights just replaced)."""
+    used = {i for n in graph.node for i in n.input}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,22 +11,18 @@ from functools import lru_cache
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ClusterDownError, ResponseError, SlotNotCoveredError, TryAgainError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 from redis.crc import key_slot
 
 from ..config import ConfigError, Settings
-from ..state.store import LockTimeout, connect
+from ..state.store import REDIS_UNAVAILABLE, LockTimeout, connect
 
 log = logging.getLogger("rapport.streams")
 
 WORKERS_GROUP = "workers"
 GATEWAYS_GROUP = "gateways"
 DAY_S, WEEK_S = 86400, 7 * 86400
-# Redis unreachable, or a cluster failing over (no master for a slot yet, or slots moving)
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, ClusterDownError, TryAgainError,
-              SlotNotCoveredError)
+REDIS_DOWN = REDIS_UNAVAILABLE + (ConnectionError, OSError)
 
 
 @lru_cache(maxsize=None)

@@ -64,16 +64,12 @@ def new_name(key: str, prefix: str, stream_shards: int = 1) -> str | None:
     return None
 
 
-async def _all_keys(r: aioredis.Redis | RedisCluster, pattern: str) -> list[bytes]:
-    """Every key matching ``pattern`` (redis-py's cluster client scans every master)."""
-    return [k async for k in r.scan_iter(match=pattern, count=500)]
-
-
 async def migrate_keys(r: aioredis.Redis | RedisCluster, prefix: str, dry_run: bool = False,
                        stream_shards: int = 1) -> MigrationReport:
     """Move every old-schema key under ``prefix`` to its hash-tagged name (see the module docstring)."""
     report = MigrationReport()
-    for raw in await _all_keys(r, glob_escape(prefix) + ":*"):
+    # redis-py's cluster client scans every master; keys are listed before any moves
+    for raw in [k async for k in r.scan_iter(match=glob_escape(prefix) + ":*", count=500)]:
         key = raw.decode() if isinstance(raw, bytes) else raw
         if key.startswith(prefix + ":{"):
             report.already_new += 1

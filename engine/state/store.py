@@ -54,6 +54,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.crc import key_slot
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -65,6 +66,8 @@ DEDUPE_TTL_S = 86400
 CONFIRM_TTL_S = 120
 LATENCIES_KEPT = 1000
 CLUSTER_CONNECTIONS = 1024  # per node
+# Redis unreachable, or a cluster failing over (no master for a slot yet, or slots moving)
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, SlotNotCoveredError)
 UNTIL_ANSWERED = 10**9  # "retry until Redis answers" for the cluster client (at most 1 s apart: decades)
 PROFILE_KINDS = ("facts", "vec", "prefs", "seen", "linked", "fb", "fbvec")  # the keys of a profile owner
 # Sliding-window rate limit: drop entries older than the window, admit if fewer than the limit remain.
