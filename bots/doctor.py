@@ -30,19 +30,14 @@ def _version(package: str) -> str:
 
 def check_model(settings: Settings) -> str:
     """Load the chat model and decode one greedy token; a description of it."""
-    import json
-
+    from engine.model.family import family_of, load_chat_model
     from engine.model.generation import GenerationConfig
-    from engine.model.seq2seq import Seq2SeqModel
-    from engine.model.text import TextCodec
-    model = Seq2SeqModel.from_dir(settings.model_dir, settings.inference_threads)
-    codec = TextCodec.from_file(settings.model_dir / "tokenizer.json")
+    from engine.model.prompt import Turn
+    parts = load_chat_model(settings.model_dir, settings.inference_threads)
     started = time.perf_counter()
-    model.generate([codec.special_ids["[CLS]"], *codec.encode("hello"), codec.special_ids["[SEP]"]],
-                   GenerationConfig(max_new_tokens=1))
-    runtime = json.loads((settings.model_dir / "rapport_config.json").read_text())
-    return (f"{settings.model_dir} (reply mode {runtime.get('reply_mode', 'hybrid')}, prompt "
-            f"{runtime.get('prompt_budget', {}).get('max_source_tokens', '?')} tokens; first token in "
+    parts.model.generate(parts.layout.build(parts.codec, [Turn("hello", True)]), GenerationConfig(max_new_tokens=1))
+    return (f"{settings.model_dir} ({family_of(settings.model_dir)}, reply mode "
+            f"{parts.runtime.get('reply_mode', 'hybrid')}, prompt {parts.layout.max_source_tokens} tokens; first token in "
             f"{1000 * (time.perf_counter() - started):.0f} ms)")
 
 

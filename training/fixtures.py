@@ -5,7 +5,9 @@
 BART is written with a merged decoder, T5 with decoder + decoder-with-past: both Optimum layouts. The LSTM
 family (``training/lstm.py``) is written twice: ``tiny-lstm`` (99 tokens, greedy outputs of its own
 PyTorch ``generate``) and ``tiny-lstm-chat`` (the real tokenizer's 30,522 tokens, 8-wide, so the whole
-engine can talk through it in the fast tier).
+engine can talk through it in the fast tier). The decoder-only family (``training/causal_export.py``) is
+written twice too: ``tiny-llama`` (99 tokens, fp32, with Hugging Face ``generate`` outputs) and
+``tiny-llama-chat`` (SmolLM2's tokenizer, 16-wide, quantized as a real export is).
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (BartConfig, BartForConditionalGeneration, GenerationConfig, T5Config,
-                          T5ForConditionalGeneration)
+from transformers import (BartConfig, BartForConditionalGeneration, GenerationConfig, LlamaConfig,
+                          LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
+
+from .causal_export import export_fp32, quantize, write_config
 
 from .lstm import LstmConfig, LstmSeq2Seq, build_lstm
 from .lstm_export import export_lstm_onnx
@@ -74,6 +78,46 @@ def write_lstm_fixtures(out: Path, sources: list[list[int]]) -> None:
     (chat / "rapport_config.json").write_text(json.dumps({"model_type": "lstm", "reply_mode": "greedy"}))
 
 
+def tiny_llama(vocab_size: int, width: int, eos: int) -> LlamaForCausalLM:
+    """A small random Llama (SmolLM2's shape: grouped-query attention, tied embeddings), seeded."""
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        eos_token_id=eos, pad_token_id=eos, bos_token_id=eos, rms_norm_eps=1e-5)).eval()
+
+
+def write_llama_fixtures(out: Path, sources: list[list[int]]) -> None:
+    """``tiny-llama`` (fp32) with Hugging Face's greedy and beam outputs, and ``tiny-llama-chat`` (int8, with
+    SmolLM2's tokenizer and the chat layout)."""
+    from .lm_finetune import base_folder
+
+    folder = out / "tiny-llama"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = tiny_llama(99, 32, eos=2)
+    export_fp32(model, folder / "decoder_model.onnx")
+    tokenizer = base_folder() / "tokenizer.json"
+    write_config(model, folder, tokenizer, {})
+    (folder / "tokenizer.json").unlink()  # 99 tokens: ids only
+
+    def hf(beams: int) -> list[list[int]]:
+        config = GenerationConfig(do_sample=False, num_beams=beams, max_new_tokens=MAX_NEW, eos_token_id=2,
+                                  pad_token_id=2, early_stopping=beams > 1)
+        with torch.no_grad():
+            return [model.generate(torch.tensor([s]), generation_config=config)[0].tolist()[len(s):] for s in sources]
+    (folder / "expected.json").write_text(json.dumps(
+        {"sources": sources, "greedy": hf(1), "beam": hf(BEAMS), "num_beams": BEAMS, "max_new_tokens": MAX_NEW}))
+    chat = out / "tiny-llama-chat"
+    chat.mkdir(parents=True, exist_ok=True)
+    from tokenizers import Tokenizer
+    end = Tokenizer.from_file(str(tokenizer)).token_to_id("<|im_end|>")
+    small = tiny_llama(49152, 16, eos=end)
+    export_fp32(small, chat / "fp32.onnx")
+    quantize(chat / "fp32.onnx", chat / "decoder_model.onnx", 8)
+    (chat / "fp32.onnx").unlink()
+    write_config(small, chat, tokenizer, {"max_source_tokens": 128, "max_facts_tokens": 32, "max_turn_tokens": 32})
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="rapport-train fixtures", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("tests/fixtures"))
@@ -90,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                     "beam": hf_outputs(model, sources, BEAMS), "num_beams": BEAMS, "max_new_tokens": MAX_NEW}
         (folder / "expected.json").write_text(json.dumps(expected))
     write_lstm_fixtures(args.out, sources)
+    write_llama_fixtures(args.out, sources)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,18 @@ def apply_no_repeat_ngram(logits: np.ndarray, sequences: list[list[int]], n: int
             logits[row, list(banned)] = -np.inf
 
 
+def process_logits(logits: np.ndarray, seqs: list[list[int]], config: GenerationConfig, step: int,
+                   eos_id: int) -> np.ndarray:
+    """A float32 copy of one step's logits with the repetition penalty, the n-gram ban and the minimum
+    length (no end token before ``min_new_tokens``) applied."""
+    logits = logits.astype(np.float32, copy=True)
+    apply_repetition_penalty(logits, seqs, config.repetition_penalty)
+    apply_no_repeat_ngram(logits, seqs, config.no_repeat_ngram_size)
+    if step < config.min_new_tokens:
+        logits[:, eos_id] = -np.inf
+    return logits
+
+
 def top_k_top_p_filter(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
     """Keep the ``top_k`` best tokens and the smallest set with probability mass >= ``top_p``."""
     logits = logits.copy()

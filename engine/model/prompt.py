@@ -34,6 +34,11 @@ class PromptBudget:
     max_facts_tokens: int = 24
     max_turn_tokens: int = 48
 
+    def build(self, codec, turns: Sequence[Turn], persona_facts: Sequence[str] = (),
+              user_facts: Sequence[str] = ()) -> list[int]:
+        """The seq2seq layout's encoder input (``codec``: a TextCodec)."""
+        return build_source_ids(codec.encode, codec.special_ids, turns, persona_facts, user_facts, self)
+
 
 def _facts_ids(encode, mark_id: int, facts: Sequence[str], budget: int) -> list[int]:
     ids: list[int] = []

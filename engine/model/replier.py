@@ -13,7 +13,6 @@ load each user gets fewer decoding rows (``max_rows``) so a batch stays within a
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +29,12 @@ from .generation import GenerationConfig
 from .profile import recommender_score
 from .retrieval import ReplyIndex
 from .taste import Taste
-from .prompt import PromptBudget, Turn, build_source_ids
+from .causal_lm import CausalLMModel
+from .chat_prompt import ChatBudget
+from .family import load_chat_model
+from .prompt import PromptBudget, Turn
 from .seq2seq import Seq2SeqModel
-from .text import TextCodec
+from .text import ChatCodec, TextCodec
 
 _WORD = re.compile(r"\w+")
 TEMPLATE_SLOT = re.compile(r"\[[^\[\]]{1,40}\]")  # of the persona data ("i'm [name].", "[user 2's name]"): never sent
@@ -120,8 +122,8 @@ class ScoredReply:
 class Replier:
     """Turns (history, profile) into a reply with the seq2seq model and the sentence encoder."""
 
-    def __init__(self, model: Seq2SeqModel, codec: TextCodec, encoder: SentenceEncoder | None,
-                 budget: PromptBudget = PromptBudget(), weights: RankWeights = RankWeights(),
+    def __init__(self, model: Seq2SeqModel | CausalLMModel, codec: TextCodec | ChatCodec,
+                 encoder: SentenceEncoder | None, budget: PromptBudget | ChatBudget = PromptBudget(), weights: RankWeights = RankWeights(),
                  time_budget_s: float = 5.0, index: ReplyIndex | None = None, retrieve_k: int = 8,
                  max_rows: int = 32, mode: str = "hybrid", filter_threads: int = 2) -> None:
         if index is not None and encoder is None:
@@ -146,17 +148,11 @@ class Replier:
     def from_dirs(cls, model_dir: Path, encoder_dir: Path | None, threads: int = 2,
                   index_dir: Path | None = None, profile_weight: float | None = None, mode: str | None = None,
                   **kwargs) -> "Replier":
-        """Load the seq2seq export (prompt budget, ranking weights, reply mode), the sentence encoder and
+        """Load the chat model export of either family (prompt layout, ranking weights, reply mode), the sentence encoder and
         the reply index; ``profile_weight`` overrides the exported λ, ``mode`` the exported reply mode."""
-        model = Seq2SeqModel.from_dir(model_dir, threads)
-        codec = TextCodec.from_file(model_dir / "tokenizer.json")
-        budget, weights = PromptBudget(), RankWeights()
-        runtime = model_dir / "rapport_config.json"
-        if runtime.exists():
-            data = json.loads(runtime.read_text())
-            budget = PromptBudget(**data.get("prompt_budget", {}))
-            weights = RankWeights(**data.get("rank_weights", {}))
-            mode = mode or data.get("reply_mode")
+        parts = load_chat_model(model_dir, threads)
+        weights = RankWeights(**parts.runtime.get("rank_weights", {}))
+        mode = mode or parts.runtime.get("reply_mode")
         if profile_weight is not None:
             weights = replace(weights, profile=profile_weight)
         encoder = SentenceEncoder.from_dir(encoder_dir, threads, cache_size=EMBEDDING_CACHE) \
@@ -164,7 +160,7 @@ class Replier:
         index = None
         if encoder is not None and index_dir is not None and index_dir.exists():
             index = ReplyIndex.load(index_dir, encoder.folder / "model.onnx")
-        return cls(model, codec, encoder, budget, weights, index=index, mode=mode or "hybrid",
+        return cls(parts.model, parts.codec, encoder, parts.layout, weights, index=index, mode=mode or "hybrid",
                    filter_threads=threads, **kwargs)
 
     def warm_up(self) -> None:
@@ -176,7 +172,7 @@ class Replier:
 
     def source_ids(self, turns: list[Turn], persona: list[str], user_facts: list[str]) -> list[int]:
         """Model input for this conversation."""
-        return build_source_ids(self.codec.encode, self.codec.special_ids, turns, persona, user_facts, self.budget)
+        return self.budget.build(self.codec, turns, persona, user_facts)
 
     def candidates(self, source: list[int], style: str) -> list[tuple[str, float]]:
         """Distinct non-empty (text, mean log-prob) candidates of every decoding setting of ``style``; a

@@ -12,15 +12,15 @@ replaced at every step.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .onnx_session import onnx_session
-from .generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetition_penalty, log_softmax,
-                         nucleus_sample)
+from .generation import GenerationConfig, process_logits
+from .search import Candidate, beam_search, greedy_or_sample
+
+__all__ = ["Candidate", "Seq2SeqModel", "length_groups"]
 
 
 # decoding rows x source tokens decoded together: 50 users 10 turns into a conversation (190-token prompts)
@@ -29,19 +29,6 @@ from .generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetiti
 DECODE_TOKENS = 2048
 ENCODE_TOKENS = 1024  # padded source tokens encoded together: the encoder holds ~50 KB a token while it runs,
 # and beyond ~500 tokens a bigger run is no faster per token (bench.latency, issue 24)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A generated token sequence (without the start token) and its summed log-probability."""
-
-    ids: tuple[int, ...]
-    logprob: float
-
-    @property
-    def mean_logprob(self) -> float:
-        """Log-probability per generated token."""
-        return self.logprob / max(1, len(self.ids))
 
 
 def length_groups(sources: list[list[int]], budget: int, rows_each: int = 1) -> list[list[int]]:
@@ -221,101 +208,36 @@ class Seq2SeqModel:
         rows = self._sample_or_greedy(np.repeat(hidden, per, 0), np.repeat(mask, per, 0), config)
         return [sorted(rows[i * per: (i + 1) * per], key=lambda c: -c.mean_logprob) for i in range(len(sources))]
 
-    def _process(self, logits: np.ndarray, seqs: list[list[int]], config: GenerationConfig, step: int) -> np.ndarray:
-        logits = logits.astype(np.float32, copy=True)
-        apply_repetition_penalty(logits, seqs, config.repetition_penalty)
-        apply_no_repeat_ngram(logits, seqs, config.no_repeat_ngram_size)
-        if step < config.min_new_tokens:
-            logits[:, self.eos_id] = -np.inf
-        return logits
-
     def _sample_or_greedy(self, hidden, mask, config: GenerationConfig) -> list[Candidate]:
         """One candidate per row of ``hidden``, in row order. A finished row leaves the batch."""
         rows = hidden.shape[0]
-        rng = np.random.default_rng(config.seed)
-        deadline = None if config.time_budget_s is None else time.perf_counter() + config.time_budget_s
-        seqs = [[self.decoder_start_id] for _ in range(rows)]
-        scores = np.zeros(rows)
-        live = np.arange(rows)  # the rows still decoding, in the order the decoder sees them
         logits, past = self.first_step(np.full((rows, 1), self.decoder_start_id), hidden, mask)
-        for step in range(config.max_new_tokens):
-            processed = self._process(logits, [seqs[r] for r in live], config, step)
-            logp = log_softmax(processed)
-            if config.strategy == "greedy":
-                chosen = processed.argmax(-1)
-            else:
-                chosen = nucleus_sample(processed / config.temperature, config.top_k, config.top_p, rng)
-            for k, r in enumerate(live):
-                seqs[r].append(int(chosen[k]))
-                scores[r] += logp[k, chosen[k]]
-            writing = chosen != self.eos_id
-            if not writing.any() or (deadline is not None and time.perf_counter() > deadline):
-                break
-            if not writing.all():
-                live, chosen = live[writing], chosen[writing]
-                hidden, mask, past = _keep_rows(writing, hidden, mask, past)
-            logits, past = self.next_step(chosen[:, None], hidden, mask, past)
-        return [Candidate(tuple(s[1:]), float(sc)) for s, sc in zip(seqs, scores)]
+        return greedy_or_sample(logits, _Steps(self, hidden, mask, past, trim=True), config,
+                                lambda lg, seqs, step: process_logits(lg, seqs, config, step, self.eos_id), self.eos_id,
+                                (self.decoder_start_id,))
 
     def _beam_search(self, hidden, mask, config: GenerationConfig) -> list[list[Candidate]]:
         """Beam search for every source row of ``hidden`` at once; the live beams of all sources
         share each decoder run. Returns each source's finished candidates, best first."""
-        sources, beams = hidden.shape[0], config.num_beams
-        deadline = None if config.time_budget_s is None else time.perf_counter() + config.time_budget_s
-        logits, past = self.first_step(np.full((sources, 1), self.decoder_start_id), hidden, mask)
-        owner = np.arange(sources)  # source of each live row
-        seqs: list[list[int]] = [[self.decoder_start_id] for _ in range(sources)]
-        scores = np.zeros(sources)
-        finished: list[list[tuple[float, Candidate]]] = [[] for _ in range(sources)]
+        logits, past = self.first_step(np.full((hidden.shape[0], 1), self.decoder_start_id), hidden, mask)
+        return beam_search(logits, _Steps(self, hidden, mask, past, trim=False), config,
+                           lambda lg, seqs, step: process_logits(lg, seqs, config, step, self.eos_id), self.eos_id,
+                           (self.decoder_start_id,))
 
-        def finish(src: int, seq: list[int], score: float) -> None:
-            cand = Candidate(tuple(seq[1:]), float(score))
-            finished[src].append((cand.logprob / max(1, len(cand.ids)) ** config.length_penalty, cand))
 
-        for step in range(config.max_new_tokens):
-            total = scores[:, None] + log_softmax(self._process(logits, seqs, config, step))  # (rows, vocab)
-            vocab = total.shape[-1]
-            last = step == config.max_new_tokens - 1 or (deadline is not None and time.perf_counter() > deadline)
-            next_rows, next_seqs, next_scores = [], [], []
-            for src in np.unique(owner):
-                rows = np.nonzero(owner == src)[0]
-                flat = total[rows].ravel()
-                width = min(2 * beams, flat.size)
-                top = np.argpartition(-flat, width - 1)[:width]
-                kept: list[tuple[int, list[int], float]] = []
-                for f in top[np.argsort(-flat[top], kind="stable")]:
-                    if not np.isfinite(flat[f]):
-                        break
-                    local, tok = divmod(int(f), vocab)
-                    seq = seqs[rows[local]] + [tok]
-                    if tok == self.eos_id:
-                        finish(src, seq, flat[f])
-                    else:
-                        kept.append((rows[local], seq, float(flat[f])))
-                    if len(kept) == beams:
-                        break
-                best_open = kept[0][2] / (step + 1) ** config.length_penalty if kept else -np.inf
-                done = len(finished[src]) >= beams and max(s for s, _ in finished[src]) >= best_open
-                if last or done or not kept:
-                    for _, seq, score in kept:
-                        finish(src, seq, score)
-                    continue
-                for row, seq, score in kept:
-                    next_rows.append(row)
-                    next_seqs.append(seq)
-                    next_scores.append(score)
-            if not next_rows:
-                break
-            index = np.asarray(next_rows)
-            owner, seqs, scores = owner[index], next_seqs, np.asarray(next_scores)
-            past = {k: v[index] for k, v in past.items()}
-            tokens = np.asarray([[s[-1]] for s in seqs])
-            logits, past = self.next_step(tokens, hidden[owner], mask[owner], past)
-        out = []
-        for cands in finished:
-            cands.sort(key=lambda x: -x[0])
-            unique: dict[tuple[int, ...], Candidate] = {}
-            for _, cand in cands:
-                unique.setdefault(cand.ids, cand)
-            out.append(list(unique.values())[: config.num_candidates])
-        return out
+class _Steps:
+    """A seq2seq batch between steps: encoder states, source mask and cache of each decoding row."""
+
+    def __init__(self, model: Seq2SeqModel, hidden: np.ndarray, mask: np.ndarray, past: dict, trim: bool) -> None:
+        self.model, self.hidden, self.mask, self.past, self.trim = model, hidden, mask, past, trim
+
+    def advance(self, rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Keep ``rows`` (cut to the source positions they still read when ``trim``), run one step."""
+        if len(rows) != self.hidden.shape[0] or (rows != np.arange(len(rows))).any():
+            if self.trim:
+                self.hidden, self.mask, self.past = _keep_rows(rows, self.hidden, self.mask, self.past)
+            else:
+                self.hidden, self.mask = self.hidden[rows], self.mask[rows]
+                self.past = {k: v[rows] for k, v in self.past.items()}
+        logits, self.past = self.model.next_step(tokens[:, None], self.hidden, self.mask, self.past)
+        return logits

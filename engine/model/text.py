@@ -51,3 +51,25 @@ class TextCodec:
     def save(self, path: str | Path) -> None:
         """Write ``tokenizer.json`` (padding and truncation off)."""
         self.tokenizer.save(str(path))
+
+
+class ChatCodec:
+    """The byte-level BPE tokenizer of a decoder-only chat model (its text round-trips as it is)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ChatCodec":
+        """Load ``tokenizer.json``."""
+        return cls(Tokenizer.from_file(str(path)))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, nothing added."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of ``ids``, special tokens dropped."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
