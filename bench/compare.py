@@ -37,19 +37,24 @@ RUNTIMES = ("rapport-onnx-int8", "rapport-onnx-fp32", "pytorch-fp32", "pytorch-i
             "ctranslate2-int8")
 
 
-def prompts(n: int, codec) -> list[list[int]]:
-    """``n`` sources: the benchmark prompts, numbered past the first 8 so no two are equal."""
-    cls, sep = codec.special_ids["[CLS]"], codec.special_ids["[SEP]"]
+def prompts(n: int, codec, layout=None) -> list[list[int]]:
+    """``n`` sources: the benchmark prompts, numbered past the first 8 so no two are equal. A seq2seq model
+    reads each alone between [CLS] and [SEP]; a decoder-only model (``layout``: its ChatBudget) reads it as
+    one user turn of its chat layout."""
     texts = [PROMPTS[k % len(PROMPTS)] + ("" if k < len(PROMPTS) else f" ({k})") for k in range(n)]
+    if layout is not None:
+        from engine.model.prompt import Turn
+        return [layout.build(codec, [Turn(t, True)]) for t in texts]
+    cls, sep = codec.special_ids["[CLS]"], codec.special_ids["[SEP]"]
     return [[cls, *codec.encode(t), sep] for t in texts]
 
 
 class OnnxRunner:
-    """Rapport's own runtime (engine.model.seq2seq) on an export folder."""
+    """Rapport's own runtime (either family, ``engine.model.family``) on an export folder."""
 
     def __init__(self, folder: Path) -> None:
-        from engine.model.seq2seq import Seq2SeqModel
-        self.model = Seq2SeqModel.from_dir(folder, THREADS)
+        from engine.model.family import load_chat_model
+        self.model = load_chat_model(folder, THREADS).model
 
     def generate(self, sources: list[list[int]], tokens: int) -> list[list[int]]:
         from engine.model.generation import GenerationConfig
@@ -113,10 +118,11 @@ def make_runner(name: str, work: Path, model: Path):
 
 def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
     """Timings of one runtime (run in a child process)."""
-    from engine.model.text import TextCodec
-    codec = TextCodec.from_file(model / "tokenizer.json")
+    from engine.model.family import CAUSAL_LM, family_of, load_prompt_parts
+    codec, layout, _ = load_prompt_parts(model)
+    layout = layout if family_of(model) == CAUSAL_LM else None
     runner = make_runner(name, work, model)
-    one = prompts(len(PROMPTS), codec)
+    one = prompts(len(PROMPTS), codec, layout)
     runner.generate(one[:1], TOKENS)  # warm-up
     replies, firsts, outputs = [], [], []
     for _ in range(repeats):
@@ -134,7 +140,7 @@ def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
         "tokens": [o for o in outputs[: len(one)]],
     }
     for users in (10, 50):
-        batch = prompts(users, codec)
+        batch = prompts(users, codec, layout)
         t = time.perf_counter()
         out = runner.generate(batch, TOKENS)
         result[f"batch_{users}_users_ms"] = 1000 * (time.perf_counter() - t)

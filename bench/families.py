@@ -7,8 +7,9 @@
 Every system answers the same held-out examples (seed 0): Synthetic-Persona-Chat's test half (the bot's
 persona and the user's facts in the prompt) and the chit-chat corpus's test split (the addressee's mined
 facts, the speaker's as the bot's persona, as ``rapport-train eval`` builds them).
-- Generators (the ONNX exports, int8 as shipped, run by the engine's runtime): NLL per token of the true
-  reply (its first 40 tokens and EOS; the mean over examples), the greedy reply (at most 32 tokens, no
+- Generators (the ONNX exports, int8 as shipped, run by the engine's runtime, each in its family's prompt
+  layout): NLL per token of the true reply (its first 40 tokens and EOS; the mean over examples) and per word
+  (the same NLL over the reply's words: the measure that compares models with different tokenizers), the greedy reply (at most 32 tokens, no
   repeated 3-gram) with its unigram F1 and the set's distinct-2.
 - Retrieval only: the reply of the shipped index nearest the last two turns, by the shipped fine-tuned
   ranker, and by the zero-shot MiniLM (``--zero-shot-encoder``, the index's replies embedded again by it).
@@ -34,14 +35,13 @@ import numpy as np
 
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX
 from engine.model.encoder import SentenceEncoder
-from engine.model.prompt import PromptBudget
+from engine.model.family import load_chat_model
+from engine.model.prompt import Turn
 from engine.model.replier import context_text
 from engine.model.retrieval import ReplyIndex
-from engine.model.seq2seq import Seq2SeqModel
-from engine.model.text import TextCodec
 from training.data import DEFAULT_DATA, facts_for, load_facts, load_splits
 from training.evaluate import DECODING, user_facts
-from training.examples import FACTS_PER_SIDE, ExampleEncoder, all_examples
+from training.examples import FACTS_PER_SIDE, all_examples, turns_of
 from training.fact_use import nll_per_token
 from training.metrics import bootstrap_ci, distinct_n, unigram_f1
 from training.persona import load_persona_splits, persona_examples
@@ -51,57 +51,51 @@ TARGET_TOKENS = 40
 
 @dataclass
 class EvalSet:
-    """One held-out set: prompts, true replies and the conversation of each example (bootstrap unit)."""
+    """One held-out set: each example's turns and facts, its true reply, and its conversation (bootstrap unit)."""
 
     name: str
-    sources: list[list[int]]
-    targets: list[list[int]]
+    turns: list[list[Turn]]
+    bot_facts: list[list[str]]
+    user_facts: list[list[str]]
     contexts: list[str]
     replies: list[str]
     groups: list[str]
 
 
-def prompt_budget(model: Path) -> PromptBudget:
-    """The prompt budget a model folder was trained with."""
-    return PromptBudget(**json.loads((model / "rapport_config.json").read_text()).get("prompt_budget", {}))
-
-
-def build_sets(model: Path, data: Path, n: int, seed: int = 0) -> list[EvalSet]:
-    """The persona test half and the chit-chat test split, ``n`` examples each, prompts as ``model`` reads them."""
-    codec = TextCodec.from_file(model / "tokenizer.json")
-    eos = codec.special_ids["[SEP]"]
+def build_sets(data: Path, n: int, seed: int = 0) -> list[EvalSet]:
+    """The persona test half and the chit-chat test split, ``n`` examples each (each model lays the
+    prompts out in its own family's layout)."""
     facts = load_facts(data)
-    encoder = ExampleEncoder(codec, facts, prompt_budget(model))
-
-    def target(text: str) -> list[int]:
-        return encoder.encode_text(text)[:TARGET_TOKENS] + [eos]
-
     persona = [ex for c in load_persona_splits()["test"] for ex in persona_examples(c)]
     persona = random.Random(f"{seed}:families:persona").sample(persona, min(n, len(persona)))
-    sets = [EvalSet("persona_test", [encoder.encode(ex, list(ex.user_facts), list(ex.bot_facts)).source for ex in persona],
-                    [target(ex.reply) for ex in persona], [context_text(list(ex.context)) for ex in persona],
+    sets = [EvalSet("persona_test", [turns_of(ex) for ex in persona], [list(ex.bot_facts) for ex in persona],
+                    [list(ex.user_facts) for ex in persona], [context_text(list(ex.context)) for ex in persona],
                     [ex.reply for ex in persona], [ex.conv_id for ex in persona])]
     chitchat = [ex for ex in all_examples(load_splits(data)["test"]) if ex.context]
     chitchat = random.Random(f"{seed}:families:chitchat").sample(chitchat, min(n, len(chitchat)))
     speakers = sorted(facts)
-    sources = []
-    for ex in chitchat:
-        bot = facts_for(facts, ex.speaker, ex.conv_id, FACTS_PER_SIDE, random.Random(f"p:{ex.conv_id}"))
-        sources.append(encoder.encode(ex, user_facts(ex, facts, "true", speakers, seed), bot).source)
-    sets.append(EvalSet("chitchat_test", sources, [target(ex.reply) for ex in chitchat],
+    bots = [facts_for(facts, ex.speaker, ex.conv_id, FACTS_PER_SIDE, random.Random(f"p:{ex.conv_id}")) for ex in chitchat]
+    users = [user_facts(ex, facts, "true", speakers, seed) for ex in chitchat]
+    sets.append(EvalSet("chitchat_test", [turns_of(ex) for ex in chitchat], bots, users,
                         [context_text(list(ex.context)) for ex in chitchat], [ex.reply for ex in chitchat],
                         [ex.conv_id for ex in chitchat]))
     return sets
 
 
 def generator_answers(model_dir: Path, sets: list[EvalSet], threads: int = 2) -> dict[str, dict]:
-    """Per set: NLL/token of each true reply and the greedy reply to each prompt."""
-    model = Seq2SeqModel.from_dir(model_dir, threads)
-    codec = TextCodec.from_file(model_dir / "tokenizer.json")
+    """Per set: NLL per token and per word of each true reply (its first TARGET_TOKENS tokens and the end
+    token; words: the reply's words, so models with different tokenizers compare) and the greedy reply."""
+    parts = load_chat_model(model_dir, threads)
+    model, codec = parts.model, parts.codec
     out = {}
     for s in sets:
-        replies = [codec.decode(list(model.generate(src, DECODING)[0].ids)) for src in s.sources]
-        out[s.name] = {"nll": nll_per_token(model, s.sources, s.targets), "replies": replies}
+        sources = [parts.layout.build(codec, t, b, u) for t, b, u in zip(s.turns, s.bot_facts, s.user_facts)]
+        targets = [codec.encode(r)[:TARGET_TOKENS] + [model.eos_id] for r in s.replies]
+        replies = [codec.decode(list(c[0].ids)) for c in model.generate_batch(sources, DECODING)]
+        per_token = nll_per_token(model, sources, targets)
+        words = np.array([max(1, len(codec.decode(t[:-1]).split())) for t in targets])
+        tokens = np.array([len(t) for t in targets])
+        out[s.name] = {"nll": per_token, "nll_word": per_token * tokens / words, "replies": replies}
         print(f"{model_dir.name}: {s.name} done", flush=True)
     return out
 
@@ -141,6 +135,7 @@ def summarize(sets: list[EvalSet], answers: dict[str, dict[str, dict]], first: s
             row = {"n": len(s.replies), "f1": _ci(f1, s.groups), "distinct_2": distinct_n(got["replies"], 2)}
             if "nll" in got:
                 row["nll_per_token"] = _ci(got["nll"], s.groups)
+                row["nll_per_word"] = _ci(got["nll_word"], s.groups)
             table[system][s.name] = row
     for system, by_set in answers.items():
         if system == first:
@@ -151,6 +146,7 @@ def summarize(sets: list[EvalSet], answers: dict[str, dict[str, dict]], first: s
             row[f"f1_minus_{first}"] = _ci(ours["f1"] - base["f1"], s.groups)
             if "nll" in ours:
                 row[f"nll_minus_{first}"] = _ci(ours["nll"] - base["nll"], s.groups)
+                row[f"nll_word_minus_{first}"] = _ci(ours["nll_word"] - base["nll_word"], s.groups)
     return table
 
 
@@ -219,10 +215,10 @@ def markdown(result: dict) -> str:
     def ci(v: list[float], digits: int = 2) -> str:
         return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
 
-    lines = ["| system | persona NLL/token | persona F1 | persona distinct-2 | chit-chat NLL/token | chit-chat F1 "
-             "| chit-chat distinct-2 | user-facts gain (dependent turns) | bot-persona gain (dependent turns) "
-             "| persona probes: claims user's fact / consistent self |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| system | persona NLL/token | persona NLL/word | persona F1 | persona distinct-2 | chit-chat NLL/token "
+             "| chit-chat NLL/word | chit-chat F1 | chit-chat distinct-2 | user-facts gain (dependent turns) "
+             "| bot-persona gain (dependent turns) | persona probes: claims user's fact / consistent self |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for system, sets in result["quality"].items():
         p, c = sets["persona_test"], sets["chitchat_test"]
         extra = result["generators"].get(system)
@@ -230,17 +226,18 @@ def markdown(result: dict) -> str:
                  if extra else "- | -")
         probes = (f"{100 * extra['probes']['confusion_rate']:.0f}% / {100 * extra['probes']['self_consistency']:.0f}%"
                   if extra else "-")
-        lines.append(f"| {system} | {ci(p['nll_per_token']) if 'nll_per_token' in p else '-'} | {ci(p['f1'], 1)} "
-                     f"| {p['distinct_2']:.3f} | {ci(c['nll_per_token']) if 'nll_per_token' in c else '-'} "
+        nll = (lambda row, key: ci(row[key]) if key in row else "-")
+        lines.append(f"| {system} | {nll(p, 'nll_per_token')} | {nll(p, 'nll_per_word')} | {ci(p['f1'], 1)} "
+                     f"| {p['distinct_2']:.3f} | {nll(c, 'nll_per_token')} | {nll(c, 'nll_per_word')} "
                      f"| {ci(c['f1'], 1)} | {c['distinct_2']:.3f} | {gains} | {probes} |")
     first = result["first"]
     lines += ["", f"Paired differences against {first} (same examples):", "",
-              "| system | persona NLL | persona F1 | chit-chat NLL | chit-chat F1 |", "|---|---|---|---|---|"]
+              "| system | persona NLL/word | persona F1 | chit-chat NLL/word | chit-chat F1 |", "|---|---|---|---|---|"]
     for system, sets in result["quality"].items():
         if system == first:
             continue
         p, c = sets["persona_test"], sets["chitchat_test"]
-        nll = (lambda row: ci(row[f"nll_minus_{first}"], 3) if f"nll_minus_{first}" in row else "-")
+        nll = (lambda row: ci(row[f"nll_word_minus_{first}"], 3) if f"nll_word_minus_{first}" in row else "-")
         lines.append(f"| {system} | {nll(p)} | {ci(p[f'f1_minus_{first}'], 1)} | {nll(c)} "
                      f"| {ci(c[f'f1_minus_{first}'], 1)} |")
     lines += ["", "| generator | weights in the ONNX files | ONNX MB | 20-token reply, 1 user (p50 ms) | ms per token, 1 user "
@@ -274,10 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     from engine.hardware import describe, machine
     host = machine()
     print(f"machine: {describe(host)}", flush=True)
-    budgets = {m: prompt_budget(m) for m in args.models}
-    if len(set(budgets.values())) > 1:
-        raise SystemExit(f"the models read different prompts ({budgets}); compare models with one budget")
-    sets = build_sets(args.models[0], args.data, args.n)
+    sets = build_sets(args.data, args.n)
     answers = {m.name: generator_answers(m, sets) for m in args.models}
     answers["retrieval, fine-tuned ranker"] = retrieval_answers(args.index, args.encoder, sets)
     if args.zero_shot_encoder:

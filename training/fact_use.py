@@ -3,7 +3,7 @@
     python -m training.fact_use --model exported_models/rapport-chat-small [--split valid] [--n 3000]
 
 On Synthetic-Persona-Chat (``valid`` while developing, ``test`` once at the end), for the exported
-ONNX model as the engine runs it, with the prompt budget of the model's ``rapport_config.json``:
+ONNX model as the engine runs it (either family), with the prompt layout of the model's folder:
 - *user-fact-dependent* turns: the true reply uses a content word of the user's facts that is neither
   in the visible history nor in the bot's own persona; gain = NLL/token with a shuffled user profile
   (the next conversation's) minus NLL with the true one;
@@ -21,16 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model.prompt import PromptBudget
-from engine.model.seq2seq import Seq2SeqModel
-from engine.model.text import TextCodec
+from engine.model.family import load_chat_model
 
-from .examples import ExampleEncoder
+from .examples import turns_of
 from .metrics import bootstrap_ci
 from .persona import depends_on, load_persona_splits, persona_examples
 
 
-def nll_per_token(model: Seq2SeqModel, sources: list[list[int]], targets: list[list[int]], batch: int = 32) -> np.ndarray:
+def nll_per_token(model, sources: list[list[int]], targets: list[list[int]], batch: int = 32) -> np.ndarray:
     """Mean NLL per target token of each (source, target)."""
     out = []
     for i in range(0, len(sources), batch):
@@ -41,19 +39,17 @@ def nll_per_token(model: Seq2SeqModel, sources: list[list[int]], targets: list[l
 
 def evaluate(model_dir: Path, split: str = "valid", n: int = 3000, seed: int = 0, threads: int = 2) -> dict:
     """The gains described in the module docstring."""
-    model = Seq2SeqModel.from_dir(model_dir, threads)
-    codec = TextCodec.from_file(model_dir / "tokenizer.json")
-    config = json.loads((model_dir / "rapport_config.json").read_text())
-    encoder = ExampleEncoder(codec, {}, PromptBudget(**config.get("prompt_budget", {})))
+    parts = load_chat_model(model_dir, threads)
+    model, codec, layout = parts.model, parts.codec, parts.layout
     examples = [ex for c in load_persona_splits()[split] for ex in persona_examples(c)]
     examples = random.Random(seed).sample(examples, min(n, len(examples)))
     others = examples[97:] + examples[:97]  # another conversation's facts (a fixed rotation)
-    targets = [encoder.encode_text(ex.reply)[:40] + [model.eos_id] for ex in examples]
+    targets = [codec.encode(ex.reply)[:40] + [model.eos_id] for ex in examples]
     sources = {
-        "true": [encoder.encode(ex, list(ex.user_facts), list(ex.bot_facts)).source for ex in examples],
-        "user_shuffled": [encoder.encode(ex, list(o.user_facts), list(ex.bot_facts)).source
+        "true": [layout.build(codec, turns_of(ex), ex.bot_facts, ex.user_facts) for ex in examples],
+        "user_shuffled": [layout.build(codec, turns_of(ex), ex.bot_facts, o.user_facts)
                           for ex, o in zip(examples, others)],
-        "persona_shuffled": [encoder.encode(ex, list(ex.user_facts), list(o.bot_facts)).source
+        "persona_shuffled": [layout.build(codec, turns_of(ex), o.bot_facts, ex.user_facts)
                              for ex, o in zip(examples, others)],
     }
     nll = {name: nll_per_token(model, src, targets) for name, src in sources.items()}

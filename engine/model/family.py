@@ -37,13 +37,18 @@ def family_of(folder: Path) -> str:
     return CAUSAL_LM if config.get("family") == CAUSAL_LM else "seq2seq"
 
 
-def load_chat_model(folder: Path, threads: int = 2) -> ChatModelParts:
-    """Load the model of ``folder`` with its tokenizer, prompt layout and ``rapport_config.json``."""
+def load_prompt_parts(folder: Path) -> tuple[TextCodec | ChatCodec, PromptBudget | ChatBudget, dict]:
+    """The tokenizer and prompt layout of ``folder``'s family, and its ``rapport_config.json`` (no model loaded)."""
     path = folder / "rapport_config.json"
     runtime = json.loads(path.read_text()) if path.exists() else {}
     budget = runtime.get("prompt_budget", {})
     if family_of(folder) == CAUSAL_LM:
-        return ChatModelParts(CausalLMModel.from_dir(folder, threads), ChatCodec.from_file(folder / "tokenizer.json"),
-                              ChatBudget(**budget), runtime)
-    return ChatModelParts(Seq2SeqModel.from_dir(folder, threads), TextCodec.from_file(folder / "tokenizer.json"),
-                          PromptBudget(**budget), runtime)
+        return ChatCodec.from_file(folder / "tokenizer.json"), ChatBudget(**budget), runtime
+    return TextCodec.from_file(folder / "tokenizer.json"), PromptBudget(**budget), runtime
+
+
+def load_chat_model(folder: Path, threads: int = 2) -> ChatModelParts:
+    """Load the model of ``folder`` with its tokenizer, prompt layout and ``rapport_config.json``."""
+    codec, layout, runtime = load_prompt_parts(folder)
+    runner = CausalLMModel if family_of(folder) == CAUSAL_LM else Seq2SeqModel
+    return ChatModelParts(runner.from_dir(folder, threads), codec, layout, runtime)
