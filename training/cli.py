@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | export-profanity | table-4bit | rows-int8 | finetune-lm | export-lm."""
+"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | export-profanity | table-4bit | rows-int8 | finetune-lm | export-lm | distill."""
 from __future__ import annotations
 
 import importlib
@@ -28,6 +28,7 @@ JOBS = {
     "rows-int8": ("training.row_quantize", "an encoder's MatMuls as per-row int8 products (fast on many rows)"),
     "finetune-lm": ("training.lm_finetune", "fine-tune SmolLM2-135M on the conversation mix (loss on the bot's turns)"),
     "export-lm": ("training.causal_export", "export a finetune-lm checkpoint as one decoder-only ONNX graph (KV cache, int8/4-bit)"),
+    "distill": ("training.distill", "the fine-tuned SmolLM2 writes the bot's replies of the training conversations (sequence-level distillation)"),
     "slim-decoder": ("training.onnx_merge", "stop a merged decoder copying its cross-attention cache at every step"),
 }
 
