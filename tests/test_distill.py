@@ -48,3 +48,36 @@ def test_sides_keep_the_mix_in_every_prefix():
     for n in (10, 50, 100):
         share = sum(s["source"] == "persona" for s in order[:n]) / n
         assert abs(share - 0.7) <= 0.1
+
+
+def test_the_student_trains_on_the_teachers_replies_with_the_facts_it_read(tmp_path, monkeypatch):
+    import json
+
+    from engine.model.text import TextCodec
+    from training import train
+    from training.distill import distilled_examples
+    from training.examples import ExampleEncoder
+    from training.modeling import minilm_dir
+
+    side = {"source": "persona", "conv_id": "c1", "bot": 2, "bot_facts": ["i play the drums"],
+            "user_facts": ["i have a collie"],
+            "turns": [["Hi there!", True], ["Hello!", False], ["Do you play music?", True], ["Yes, drums.", False]],
+            "replies": {"1": "hey! how are you?", "3": "i play the drums in a band."}}
+    opener = {**side, "conv_id": "c2", "turns": [["Hi!", False], ["Hello", True]], "replies": {"0": "hi, i'm new here"}}
+    path = tmp_path / "distilled.jsonl"
+    path.write_text(json.dumps(side) + "\n" + json.dumps(opener) + "\n")
+    examples = distilled_examples(path)
+    assert [(ex.context, ex.reply) for ex in examples] == [
+        (("Hi there!",), "hey! how are you?"),
+        (("Hi there!", "Hello!", "Do you play music?"), "i play the drums in a band.")]  # the bot's opener is left out
+    assert examples[1].bot_facts == ("i play the drums",) and examples[1].user_facts == ("i have a collie",)
+    codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
+    for name, value in (("_worker_encoder", ExampleEncoder(codec, {})), ("_worker_splits", {"train": []}),
+                        ("_worker_persona", []), ("_worker_distilled", examples)):
+        monkeypatch.setattr(train, name, value)  # what the epoch helper process holds
+    epoch = train._encode_epoch(0, 0, drop=0.4, persona_share=0.0, distilled_share=1.0)
+    assert sorted(codec.decode(e.target[:-1]) for e in epoch) == ["hey! how are you?", "i play the drums in a band."]
+    drums = next(e for e in epoch if codec.decode(e.target[:-1]).startswith("i play"))
+    assert "drums" in codec.decode(drums.source) and "collie" in codec.decode(drums.source)  # facts never dropped
+    again = train._encode_epoch(0, 0, drop=0.4, persona_share=0.0, distilled_share=1.0)  # seeded
+    assert [e.source for e in again] == [e.source for e in epoch]

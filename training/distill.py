@@ -27,9 +27,27 @@ from engine.model.prompt import Turn
 from .causal_export import ExportLlama, load_checkpoint
 from .data import DEFAULT_DATA, facts_for, load_facts, load_splits
 from .lm_finetune import ChatEncoder, base_folder, persona_sides
-from .persona import load_persona_splits
+from .persona import PersonaExample, load_persona_splits
 
 MAX_REPLY_TOKENS = 48
+
+
+def distilled_examples(path: Path) -> list[PersonaExample]:
+    """The teacher's replies of a ``distill`` file as training examples: the real history before each bot
+    turn, the teacher's reply, and the facts the teacher read (turns the bot opens are left out, as
+    ``persona_examples`` leaves them out)."""
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        side = json.loads(line)
+        texts = [t for t, _ in side["turns"]]
+        for index, reply in side["replies"].items():
+            i = int(index)
+            if i > 0 and reply.strip():
+                out.append(PersonaExample(side_key(side), i, tuple(texts[:i]), reply.strip(),
+                                          tuple(side["bot_facts"]), tuple(side["user_facts"])))
+    return out
 
 
 def sides(persona_train, chat_train, facts: dict, seed: int, persona_share: float) -> list[dict]:

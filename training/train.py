@@ -11,6 +11,8 @@
         --persona-data ../shared/data/synthetic-persona-chat --persona-share 0.7 \
         --facts-tokens 64 --source-tokens 192 --lr 5e-5 --bf16 --max-minutes 100 --time-schedule
 
+``--distilled FILE`` (from ``rapport-train distill``) adds the teacher's replies to the training
+conversations, ``--distilled-share`` of every epoch (1: nothing else), with the facts the teacher read.
 ``--persona-data`` mixes Synthetic-Persona-Chat into every epoch (``--persona-share`` of the examples,
 the rest the chit-chat corpus), with the replying speaker's persona lines as the bot's facts and the
 other speaker's as the user's; ``--init-from`` continues from a Hugging Face folder (the shipped model,
@@ -43,6 +45,7 @@ from engine.model.text import TextCodec
 from engine.model.prompt import PromptBudget
 
 from .data import DEFAULT_DATA, load_facts, load_splits
+from .distill import distilled_examples
 from .examples import Encoded, ExampleEncoder, all_examples, encode_persona
 from .persona import depends_on, fact_dependent, load_persona_splits, persona_examples
 from .lstm import LstmConfig, build_lstm
@@ -131,10 +134,13 @@ _worker_splits: dict | None = None
 _worker_persona: list | None = None
 _worker_dependent: list | None = None
 _worker_user_dependent: list | None = None
+_worker_distilled: list | None = None
 
 
-def _init_epoch_worker(data_dir: Path, persona_dir: Path | None, budget: PromptBudget) -> None:
+def _init_epoch_worker(data_dir: Path, persona_dir: Path | None, budget: PromptBudget,
+                       distilled: Path | None = None) -> None:
     global _worker_encoder, _worker_splits, _worker_persona, _worker_dependent, _worker_user_dependent
+    global _worker_distilled
     codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
     _worker_splits = load_splits(data_dir)
     _worker_encoder = ExampleEncoder(codec, load_facts(data_dir), budget)
@@ -142,6 +148,7 @@ def _init_epoch_worker(data_dir: Path, persona_dir: Path | None, budget: PromptB
         if persona_dir else []
     _worker_dependent = [ex for ex in _worker_persona if fact_dependent(ex)]
     _worker_user_dependent = [ex for ex in _worker_persona if depends_on(ex, ex.user_facts, ex.bot_facts)]
+    _worker_distilled = distilled_examples(distilled) if distilled else []
 
 
 def _boosted(examples: list, times: int, cap: int, rng: random.Random) -> list[Encoded]:
@@ -151,7 +158,7 @@ def _boosted(examples: list, times: int, cap: int, rng: random.Random) -> list[E
 
 
 def _encode_epoch(seed: int, epoch: int, drop: float, persona_share: float, fact_boost: int = 0,
-                  user_fact_boost: int = 0) -> list[Encoded]:
+                  user_fact_boost: int = 0, distilled_share: float = 0.0) -> list[Encoded]:
     rng = random.Random(seed * 1000 + epoch)
     out = encode_split(_worker_encoder, _worker_splits["train"], rng, drop)
     if _worker_persona and persona_share > 0:
@@ -160,6 +167,11 @@ def _encode_epoch(seed: int, epoch: int, drop: float, persona_share: float, fact
         # turns only the facts explain, again, with their facts kept: make the facts salient
         out += _boosted(_worker_dependent, fact_boost, n // 4, rng)
         out += _boosted(_worker_user_dependent, user_fact_boost, n // 4, rng)
+    if _worker_distilled and distilled_share > 0:  # the teacher's replies, with the facts it read
+        n = round(len(out) * distilled_share / (1 - distilled_share)) if distilled_share < 1 else len(_worker_distilled)
+        picked = rng.sample(_worker_distilled, min(n, len(_worker_distilled)))
+        distilled = [encode_persona(_worker_encoder, ex, rng, 0.0, line_drop=0.0) for ex in picked]
+        out = distilled if distilled_share >= 1 else out + distilled
     return out
 
 
@@ -168,16 +180,18 @@ class EpochPrefetcher:
 
     def __init__(self, data_dir: Path, seed: int, drop: float, persona_dir: Path | None = None,
                  persona_share: float = 0.0, budget: PromptBudget = PromptBudget(), fact_boost: int = 0,
-                 user_fact_boost: int = 0) -> None:
+                 user_fact_boost: int = 0, distilled: Path | None = None, distilled_share: float = 0.0) -> None:
         self.seed, self.drop, self.persona_share = seed, drop, persona_share
         self.fact_boost, self.user_fact_boost = fact_boost, user_fact_boost
+        self.distilled_share = distilled_share
         self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_epoch_worker, initargs=(data_dir, persona_dir, budget))
+                                        initializer=_init_epoch_worker,
+                                        initargs=(data_dir, persona_dir, budget, distilled))
         self.pending: dict[int, Future] = {}
 
     def _submit(self, epoch: int) -> Future:
         return self.pool.submit(_encode_epoch, self.seed, epoch, self.drop, self.persona_share, self.fact_boost,
-                                self.user_fact_boost)
+                                self.user_fact_boost, self.distilled_share)
 
     def start(self, epoch: int) -> None:
         """Begin encoding ``epoch`` now."""
@@ -226,6 +240,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="add fact-dependent persona turns this many times over (facts kept), up to 1/4 of the persona part")
     p.add_argument("--user-fact-boost", type=int, default=0,
                    help="add turns that draw on the user's facts this many times over (facts kept), up to 1/4 too")
+    p.add_argument("--distilled", type=Path, help="a `rapport-train distill` file: the teacher's replies to train on")
+    p.add_argument("--distilled-share", type=float, default=0.5,
+                   help="share of an epoch from --distilled (1: the distilled examples alone)")
     p.add_argument("--facts-tokens", type=int, default=PromptBudget.max_facts_tokens,
                    help="prompt budget of the bot's and of the user's facts, each")
     p.add_argument("--source-tokens", type=int, default=PromptBudget.max_source_tokens, help="prompt budget")
@@ -245,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     splits, facts = load_splits(args.data), load_facts(args.data)
     budget = PromptBudget(args.source_tokens, args.facts_tokens)
     prefetch = EpochPrefetcher(args.data, args.seed, args.profile_drop, args.persona_data, args.persona_share, budget,
-                               args.fact_boost, args.user_fact_boost)
+                               args.fact_boost, args.user_fact_boost, args.distilled, args.distilled_share)
     if not (args.resume or args.eval_only):  # the helper encodes epoch 0 while this process loads the model
         prefetch.start(0)
     encoder = ExampleEncoder(codec, facts, budget)
