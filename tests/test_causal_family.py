@@ -150,3 +150,33 @@ async def test_the_engine_talks_through_a_tiny_llama(settings):
         assert (await bot.send("ana", "what's my name?")).text == "Your name is Ana."
         assert (await bot.send("ana", "I want to kill myself")).kind == "safety"
         assert "haven't told me" in (await bot.send("bob", "what's my name?")).text
+
+
+@pytest.mark.parametrize("bits", [None, 8, 4])
+def test_dequantize_rebuilds_the_exported_llama(tmp_path, bits):
+    """``rapport-train dequantize`` on a decoder-only export gives back the Llama it came from: exactly from
+    the fp32 graph, within the rounding of the stored weights from an 8- or 4-bit one."""
+    torch = pytest.importorskip("torch")
+    from training.causal_export import export_fp32, quantize, write_config
+    from training.dequantize import rebuild_causal
+    from training.fixtures import tiny_llama
+
+    model = tiny_llama(99, 64, eos=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))  # norms that differ from layer to layer
+    export_fp32(model, tmp_path / "fp32.onnx")
+    if bits:
+        quantize(tmp_path / "fp32.onnx", tmp_path / "decoder_model.onnx", bits)
+    else:
+        (tmp_path / "fp32.onnx").rename(tmp_path / "decoder_model.onnx")
+    write_config(model, tmp_path, FIXTURES / "tiny-llama-chat" / "tokenizer.json", {})
+    back = rebuild_causal(tmp_path)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        want, got = model(ids).logits, back(ids).logits
+    for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        step = a.abs().max() / (127 if bits == 8 else 7) if bits and a.ndim == 2 else 0
+        assert (a - b).abs().max() <= step + 1e-6, name  # within one quantization step of each block's scale
+    assert torch.allclose(want, got, atol=1e-5) if not bits else (want - got).abs().max() < 0.25 * want.abs().max()

