@@ -179,10 +179,11 @@ def cost(model: Path) -> dict:
     timings = json.loads(child.stdout.strip().splitlines()[-1])
     runtime = json.loads((model / "rapport_config.json").read_text())
     files = sorted(model.glob("*.onnx"))
+    stored = files + sorted(model.glob("*.onnx.weights.*"))  # large graphs keep their weights in parts
     total = runtime.get("training_total") or {"examples": runtime.get("trained_examples") or 0,
                                               "cpu_minutes": round(runtime.get("train_seconds", 0) / 60, 1),
                                               "gpu_minutes": 0, "start": "unknown"}
-    return {**timings, "onnx_mb": sum(f.stat().st_size for f in files) / 2**20,
+    return {**timings, "onnx_mb": sum(f.stat().st_size for f in stored) / 2**20,
             "onnx_weights": onnx_weights(files), "training": total}
 
 

@@ -180,3 +180,28 @@ def test_dequantize_rebuilds_the_exported_llama(tmp_path, bits):
         step = a.abs().max() / (127 if bits == 8 else 7) if bits and a.ndim == 2 else 0
         assert (a - b).abs().max() <= step + 1e-6, name  # within one quantization step of each block's scale
     assert torch.allclose(want, got, atol=1e-5) if not bits else (want - got).abs().max() < 0.25 * want.abs().max()
+
+
+def test_a_large_graph_keeps_its_weights_in_parts(tmp_path, monkeypatch):
+    """Weights files stay under the part size (git hosts refuse files over 100 MB) and onnxruntime reads
+    them: the same logits as the graph in one file."""
+    pytest.importorskip("torch")
+    from training import causal_export
+    from training.fixtures import tiny_llama
+
+    model = tiny_llama(99, 64, eos=2)
+    causal_export.export_fp32(model, tmp_path / "fp32.onnx")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for folder in (whole, parts):
+        folder.mkdir()
+        causal_export.write_config(model, folder, FIXTURES / "tiny-llama-chat" / "tokenizer.json", {})
+    causal_export.quantize(tmp_path / "fp32.onnx", whole / "decoder_model.onnx", 8)
+    import onnx
+    largest = max(len(t.raw_data) for t in onnx.load(str(whole / "decoder_model.onnx")).graph.initializer)
+    monkeypatch.setattr(causal_export, "PART_BYTES", largest + 1000)  # a part holds at least its largest tensor
+    causal_export.quantize(tmp_path / "fp32.onnx", parts / "decoder_model.onnx", 8)
+    pieces = sorted(parts.glob("decoder_model.onnx.weights.*"))
+    assert len(pieces) > 1 and all(p.stat().st_size <= largest + 1000 for p in pieces)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    a, b = CausalLMModel.from_dir(whole), CausalLMModel.from_dir(parts)
+    assert np.array_equal(a.prefill(prompts)[0], b.prefill(prompts)[0])

@@ -23,6 +23,7 @@ import json
 import shutil
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -131,9 +132,40 @@ def export_fp32(model, path: Path) -> None:
                           output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
 
 
+PART_BYTES = 90_000_000  # weights files stay under 100 MB (git hosts refuse larger files)
+
+
+def save_in_parts(model, path: Path, part_bytes: int = PART_BYTES) -> list[Path]:
+    """Save ``model`` with its large weights in ``<name>.weights.N`` files of at most ``part_bytes`` each
+    (ONNX external data, read by onnxruntime from beside the graph); returns the weights files."""
+    from onnx.external_data_helper import set_external_data
+
+    parts: list[Path] = []
+    handle, used = None, part_bytes
+    try:
+        for tensor in sorted(model.graph.initializer, key=lambda t: -len(t.raw_data)):
+            data = tensor.raw_data
+            if len(data) < 1024:
+                continue
+            if used + len(data) > part_bytes:
+                if handle:
+                    handle.close()
+                parts.append(path.with_name(f"{path.name}.weights.{len(parts)}"))
+                handle, used = parts[-1].open("wb"), 0
+            set_external_data(tensor, parts[-1].name, offset=used, length=len(data))
+            handle.write(data)
+            used += len(data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+    finally:
+        if handle:
+            handle.close()
+    onnx.save(model, str(path))
+    return parts
+
+
 def quantize(src: Path, dst: Path, bits: int) -> None:
     """MatMuls to ``bits``-bit blockwise MatMulNBits, the token table to 4 bits."""
-    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     from .onnx_quantize import ACCURACY_LEVEL, BLOCK_SIZE
@@ -148,7 +180,10 @@ def quantize(src: Path, dst: Path, bits: int) -> None:
     model = quantizer.model.model
     tables_to_4bit(model)
     drop_unused_initializers(model.graph)
-    onnx.save(model, str(dst))
+    if model.ByteSize() > PART_BYTES:
+        save_in_parts(model, dst, PART_BYTES)
+    else:
+        onnx.save(model, str(dst))
 
 
 def load_checkpoint(base: Path, checkpoint: Path | None):
@@ -205,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     licences = Path(__file__).resolve().parent / "licences"  # SmolLM2's Apache-2.0 travels with its weights
     shutil.copy(licences / "Apache-2.0.txt", args.out / "LICENSE-Apache-2.0.txt")
     shutil.copy(licences / "SmolLM2-NOTICE.txt", args.out / "NOTICE.txt")
-    print(json.dumps({"out": str(args.out), "bytes": (args.out / "decoder_model.onnx").stat().st_size}))
+    files = sorted(args.out.glob("decoder_model.onnx*"))
+    print(json.dumps({"out": str(args.out), "bytes": sum(f.stat().st_size for f in files)}))
 
 
 def parity(model, ids: list[list[int]]) -> float:
