@@ -151,14 +151,16 @@ def summarize(sets: list[EvalSet], answers: dict[str, dict[str, dict]], first: s
 
 
 def fact_gains(model: Path, n: int) -> dict:
-    """``training.fact_use`` on the persona test half (read from the model folder when it holds that run)."""
+    """``training.fact_use`` on the persona test half: the model folder's own run when it has that many
+    examples, else one computed here and kept under bench/results (a model's files are never rewritten)."""
     from training.fact_use import evaluate
-    path = model / "fact_use_test.json"
-    if path.exists():
-        done = json.loads(path.read_text())
-        if done.get("examples") == n and done.get("seed") == 0 and done.get("split") == "test":
-            return done
+    for path in (model / "fact_use_test.json", Path("bench/results") / f"fact_use_test_{model.name}_{n}.json"):
+        if path.exists():
+            done = json.loads(path.read_text())
+            if done.get("examples") == n and done.get("seed") == 0 and done.get("split") == "test":
+                return done
     result = evaluate(model, "test", n)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
 
