@@ -197,7 +197,18 @@ def load_checkpoint(base: Path, checkpoint: Path | None):
     return model
 
 
-def write_config(model, out: Path, tokenizer_json: Path, budget: dict) -> None:
+def training_totals(checkpoint: Path | None) -> dict:
+    """What a ``finetune-lm`` checkpoint cost, from its run's log (``best.pt``: the row it was saved at)."""
+    log = checkpoint.parent / "log.jsonl" if checkpoint else None
+    if log is None or not log.exists():
+        return {"examples": 0, "cpu_minutes": 0, "gpu_minutes": 0, "start": "SmolLM2-135M-Instruct, not fine-tuned"}
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    row = min(rows, key=lambda r: r["persona_nll_token"]) if checkpoint.name == "best.pt" else rows[-1]
+    return {"examples": row["sequences"], "cpu_minutes": row["minutes"], "gpu_minutes": 0,
+            "start": "SmolLM2-135M-Instruct (examples: conversation windows, about 8 bot replies each)"}
+
+
+def write_config(model, out: Path, tokenizer_json: Path, budget: dict, **extra) -> None:
     """The folder's ``config.json`` (family, layout, special ids) and ``rapport_config.json``; tokenizer."""
     from tokenizers import Tokenizer
 
@@ -213,7 +224,8 @@ def write_config(model, out: Path, tokenizer_json: Path, budget: dict) -> None:
         "pad_token_id": tok.token_to_id("<|im_end|>"), "max_position_embeddings": cfg.max_position_embeddings,
         "llama": {k: v for k, v in cfg.to_dict().items() if k != "quantization_config"},  # to rebuild it in torch
     }, indent=2))
-    (out / "rapport_config.json").write_text(json.dumps({"prompt_budget": budget, "reply_mode": "greedy"}, indent=2))
+    (out / "rapport_config.json").write_text(json.dumps({"prompt_budget": budget, "reply_mode": "greedy", **extra},
+                                                        indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.keep_fp32:
         shutil.rmtree(fp32)
     write_config(model, args.out, base / "tokenizer.json",
-                 {"max_source_tokens": 256, "max_facts_tokens": 64, "max_turn_tokens": 64})
+                 {"max_source_tokens": 256, "max_facts_tokens": 64, "max_turn_tokens": 64},
+                 training_total=training_totals(args.checkpoint), bits=args.bits)
     licences = Path(__file__).resolve().parent / "licences"  # SmolLM2's Apache-2.0 travels with its weights
     shutil.copy(licences / "Apache-2.0.txt", args.out / "LICENSE-Apache-2.0.txt")
     shutil.copy(licences / "SmolLM2-NOTICE.txt", args.out / "NOTICE.txt")
