@@ -207,6 +207,8 @@ def reply_nll(model, batch: list[Window], pad_id: int) -> tuple[torch.Tensor, in
         ids[i, : len(s.ids)] = torch.tensor(s.ids)
         mask[i, : len(s.ids)] = 1
         target[i, : len(s.ids)] = torch.tensor(s.target)
+    device = model.device
+    ids, mask, target = ids.to(device), mask.to(device), target.to(device)
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     predicts = target[:, 1:]  # position t predicts token t + 1
     logits = model.lm_head(hidden[:, :-1][predicts])
@@ -222,7 +224,7 @@ def evaluate(model, sets: dict[str, list[Window]], enc: ChatEncoder, pad_id: int
     for name, items in sets.items():
         total, tokens, words = 0.0, 0, 0
         for batch in token_batches(items, 4096, None):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
                 nll, n = reply_nll(model, batch, pad_id)
             total, tokens = total + float(nll), tokens + n
             for s in batch:
@@ -241,7 +243,7 @@ def probe_replies(model, enc: ChatEncoder, end_id: int, budget: ChatBudget) -> d
     out = {}
     for line in PROBES:
         prompt = build_prompt_ids(enc.encode, [Turn(line, True)], ["i love hiking", "i work at a bakery"], [], budget)
-        ids = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, eos_token_id=end_id,
+        ids = model.generate(torch.tensor([prompt], device=model.device), max_new_tokens=40, do_sample=False, eos_token_id=end_id,
                              pad_token_id=end_id)[0, len(prompt):].tolist()
         out[line] = enc.decode(ids)
     model.train()
@@ -272,6 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train the (tied) token table and output layer too (by default they stay fixed)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX or AVX-512 bf16)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -291,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     persona = load_persona_splits(args.persona_data)
     valid = valid_sequences(enc, persona["valid"], splits["valid"], facts)
     model = AutoModelForCausalLM.from_pretrained(args.init_from or base, dtype=torch.float32)
+    model.to(args.device)
     if not args.train_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     state = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "examples": 0, "best": math.inf}
     last = args.run / "last.pt"
     if args.resume and last.exists():
-        ckpt = torch.load(last, weights_only=False)
+        ckpt = torch.load(last, weights_only=False, map_location=args.device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup_steps) * 0.5 * (1 + math.cos(math.pi * progress))
             for group in opt.param_groups:
                 group["lr"] = lr
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 nll, n = reply_nll(model, batch, pad_id)
             (nll / n).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
