@@ -117,11 +117,19 @@ def dodges(reply: str) -> bool:
     return not statements or bool(_DODGE.search(text))
 
 
+_ASKED_VERB = re.compile(r"^(?:do|can|did|will|would) you (\w+)")
+
+
 def answers(question: str, kind: str, reply: str) -> bool:
-    """Does ``reply`` answer ``question``? A yes/no question needs a side taken; any question, no dodge."""
+    """Does ``reply`` answer ``question``? A yes/no question needs a side taken (a yes or a no, a stated
+    liking, or the asked verb said of itself: "do you play ...?" -> "i play ..."); any question, no dodge."""
     if dodges(reply):
         return False
-    return kind != "yn" or bool(_SIDE.search(_norm(reply)))
+    if kind != "yn":
+        return True
+    text = _norm(reply)
+    verb = _ASKED_VERB.search(_norm(question))
+    return bool(_SIDE.search(text)) or bool(verb and re.search(rf"\bi (?:\w+ )?{verb.group(1)}\b", text))
 
 
 def repeated_word(reply: str) -> bool:

@@ -19,6 +19,8 @@ def test_questions_answered_or_dodged():
     assert answers("do you like jazz?", "yn", "i love jazz! i'm a big fan of the jazz.")
     assert answers("do you like horror movies?", "yn", "Not really, they scare me.")
     assert answers("what's your favorite food?", "wh", "pizza, for sure. what's yours?")
+    assert answers("do you play any sports?", "yn", "I play soccer and basketball.")  # the asked verb, said of itself
+    assert not answers("do you play any sports?", "yn", "sports are fun to watch.")
     assert dodges("what do you mean?") and dodges("I don't know.") and not dodges("I'd go to Japan.")
 
 

@@ -205,7 +205,7 @@ def training_totals(checkpoint: Path | None) -> dict:
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     row = min(rows, key=lambda r: r["persona_nll_token"]) if checkpoint.name == "best.pt" else rows[-1]
     return {"examples": row["sequences"], "cpu_minutes": row["minutes"], "gpu_minutes": 0,
-            "start": "SmolLM2-135M-Instruct (examples: conversation windows, about 8 bot replies each)"}
+            "start": "SmolLM2-135M-Instruct (examples: conversation windows, about 5.4 bot replies each)"}
 
 
 def write_config(model, out: Path, tokenizer_json: Path, budget: dict, **extra) -> None:
