@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .generation import GenerationConfig, process_logits
+from .generation import GenerationConfig, process_logits, target_log_probs
 from .onnx_session import onnx_session
 from .search import Candidate, beam_search, greedy_or_sample
 from .seq2seq import length_groups
@@ -89,12 +89,7 @@ class CausalLMModel:
             index[i] = np.minimum(first + np.arange(longest), ids.shape[1] - 1)
             tgt[i, : len(t)], tgt_mask[i, : len(t)] = t, 1
         logits, _ = self.run(ids, mask, index, self.empty_cache(len(rows)))
-        logits = np.asarray(logits, dtype=np.float32)
-        picked = np.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
-        top = logits.max(axis=-1)
-        np.subtract(logits, top[..., None], out=logits)
-        np.exp(logits, out=logits)
-        return (picked - top - np.log(logits.sum(axis=-1))) * tgt_mask
+        return target_log_probs(logits, tgt, tgt_mask)
 
     def generate(self, source_ids: list[int], config: GenerationConfig = GenerationConfig()) -> list[Candidate]:
         """Candidates for one prompt, best first (greedy: 1, beam: up to num_candidates, sample: num_candidates)."""
@@ -102,10 +97,9 @@ class CausalLMModel:
 
     def generate_batch(self, sources: list[list[int]], config: GenerationConfig) -> list[list[Candidate]]:
         """:meth:`generate` for several prompts, decoded together in groups of similar length."""
-        per = config.num_beams if config.strategy == "beam" else 1 if config.strategy == "greedy" else config.num_candidates
         out: list[list[Candidate]] = [[] for _ in sources]
         process = lambda lg, seqs, step: process_logits(lg, seqs, config, step, self.eos_id)  # noqa: E731
-        for group in length_groups(sources, PREFILL_TOKENS, per):
+        for group in length_groups(sources, PREFILL_TOKENS, config.rows_per_source):
             prompts = [sources[i] for i in group]
             if config.strategy == "beam":
                 logits, steps = self.prefill(prompts)

@@ -32,6 +32,11 @@ class GenerationConfig:
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be > 0 and top_p in (0, 1]")
 
+    @property
+    def rows_per_source(self) -> int:
+        """Decoding rows one source takes: its beams, its samples, or 1 (greedy)."""
+        return self.num_beams if self.strategy == "beam" else 1 if self.strategy == "greedy" else self.num_candidates
+
     def with_(self, **changes) -> "GenerationConfig":
         """A copy with ``changes`` applied."""
         return replace(self, **changes)
@@ -42,6 +47,17 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(axis=-1, keepdims=True)
     shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return shifted
+
+
+def target_log_probs(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Log-probability of each target token under ``logits`` (rows, positions, vocab), 0 where ``mask`` is 0.
+    ``logits`` is converted to float32 and worked on in place (it is the largest array of a scoring run)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    top = logits.max(axis=-1)
+    np.subtract(logits, top[..., None], out=logits)
+    np.exp(logits, out=logits)
+    return (picked - top - np.log(logits.sum(axis=-1))) * mask
 
 
 def apply_repetition_penalty(logits: np.ndarray, sequences: list[list[int]], penalty: float) -> None:

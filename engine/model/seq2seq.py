@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .onnx_session import onnx_session
-from .generation import GenerationConfig, process_logits
+from .generation import GenerationConfig, process_logits, target_log_probs
 from .search import Candidate, beam_search, greedy_or_sample
 
 __all__ = ["Candidate", "Seq2SeqModel", "length_groups"]
@@ -176,12 +176,7 @@ class Seq2SeqModel:
         src, src_mask = self.pad([list(s) for s in distinct])
         hidden = self.encode(src, src_mask)[rows]
         logits = self.decoder.run(None, self._feed(self.decoder, dec, hidden, src_mask[rows], {}, False))[0]
-        logits = np.asarray(logits, dtype=np.float32)  # (batch, tgt, vocab); worked on in place below
-        picked = np.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
-        top = logits.max(axis=-1)
-        np.subtract(logits, top[..., None], out=logits)
-        np.exp(logits, out=logits)
-        return (picked - top - np.log(logits.sum(axis=-1))) * tgt_mask
+        return target_log_probs(logits, tgt, tgt_mask)
 
     # --- decoding ---------------------------------------------------------------------------------
     def generate(self, source_ids: list[int], config: GenerationConfig = GenerationConfig()) -> list[Candidate]:
@@ -192,9 +187,8 @@ class Seq2SeqModel:
         """:meth:`generate` for several sources decoded together: one decoder run per step for every row
         of every source (the batch that makes concurrent users cheap), in groups of similar length of at
         most DECODE_TOKENS decoding rows x source tokens, which bounds the cross-attention cache."""
-        rows = config.num_beams if config.strategy == "beam" else 1 if config.strategy == "greedy" else config.num_candidates
         out: list[list[Candidate]] = [[] for _ in sources]
-        for group in length_groups(sources, DECODE_TOKENS, rows):
+        for group in length_groups(sources, DECODE_TOKENS, config.rows_per_source):
             for i, found in zip(group, self._generate_group([sources[i] for i in group], config)):
                 out[i] = found
         return out
