@@ -3,9 +3,6 @@ binary as every other test), and the migration of keys written before the hash-t
 import asyncio
 import itertools
 import json
-import os
-import signal
-import sys
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -21,7 +18,8 @@ from engine.state.migrate import migrate_keys, new_name
 from engine.split.gateway import StreamGateway
 from engine.state.store import RedisStore, StoredTurn, UserRef, cluster_nodes, connect
 
-from .test_split_mode import FULL, answered_within, converse, stream_is_drained, user_turns, workers
+from .test_split_mode import (FULL, answered_within, converse, kill_a_worker_mid_batch, stream_is_drained,
+                              user_turns, workers)
 
 _prefixes = itertools.count()
 
@@ -265,28 +263,4 @@ async def test_a_killed_worker_loses_nothing_on_a_cluster(cluster, cluster_prefi
     over with XAUTOCLAIM on every shard's master; each message is answered once, in its user's order."""
     settings = Settings(redis_url=cluster.url, key_prefix=cluster_prefix, data_dir=tmp_path, rate_limit_per_minute=1000,
                         mode="split", stream_shards=3, claim_idle_s=2.0, lock_timeout_s=5.0, reply_timeout_s=600.0)
-    env = {**os.environ, "REDIS_URL": cluster.url, "RAPPORT_KEY_PREFIX": cluster_prefix, "RAPPORT_STREAM_SHARDS": "3",
-           "RAPPORT_WORKER_NAME": "doomed", "RAPPORT_LOCK_TIMEOUT_S": "5"}
-    doomed = await asyncio.create_subprocess_exec(sys.executable, "-m", "bots.cli", "--env-file", "/nonexistent",
-                                                  "worker", env=env, stderr=asyncio.subprocess.DEVNULL)
-    async with StreamGateway.from_settings(settings) as gateway:
-        bot = FakeAdapter(gateway)
-        talks = asyncio.gather(*(converse(bot, k, 3) for k in range(6)))
-        for _ in range(1200):  # wait until the doomed worker holds messages, then kill it mid-batch
-            held = [c for shard in gateway.shards
-                    for c in (await gateway.r.xpending(shard.in_stream, "workers")).get("consumers", [])
-                    if c["name"] == b"doomed" and c["pending"]]
-            if held:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the worker never took a message")
-        doomed.send_signal(signal.SIGKILL)
-        await doomed.wait()
-        async with workers(settings, replier, 1) as crew:
-            results = await answered_within(talks, 300, gateway, crew)
-        assert crew[0].reclaimed >= 1
-        for k, (uid, texts, outs) in enumerate(results):
-            assert outs[-1].text == f"Your name is Person{k}."
-            assert await user_turns(settings, uid) == texts  # each message once, in order
-        await stream_is_drained(gateway)
+    await kill_a_worker_mid_batch(settings, replier, users=6, polls=1200)

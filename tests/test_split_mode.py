@@ -133,30 +133,39 @@ async def test_platform_redelivery_through_the_gateway_is_dropped(split_settings
         assert await user_turns(split_settings, "dup") == ["I like kayaks"]
 
 
-async def test_a_killed_worker_loses_nothing(split_settings, replier):
-    env = {**os.environ, "REDIS_URL": split_settings.redis_url, "RAPPORT_KEY_PREFIX": split_settings.key_prefix,
-           "RAPPORT_WORKER_NAME": "doomed", "RAPPORT_LOCK_TIMEOUT_S": "5"}
+async def kill_a_worker_mid_batch(settings, replier, users: int, polls: int) -> None:
+    """A worker (its own process) SIGKILLed while it holds messages of any shard; a fresh worker must take them
+    over (XAUTOCLAIM) and answer each message once, in its user's order, without the slow-reply notice."""
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "RAPPORT_KEY_PREFIX": settings.key_prefix,
+           "RAPPORT_STREAM_SHARDS": str(settings.stream_shards), "RAPPORT_WORKER_NAME": "doomed",
+           "RAPPORT_LOCK_TIMEOUT_S": "5"}
     doomed = await asyncio.create_subprocess_exec(sys.executable, "-m", "bots.cli", "--env-file", "/nonexistent",
                                                   "worker", env=env, stderr=asyncio.subprocess.DEVNULL)
-    async with StreamGateway.from_settings(split_settings) as gateway:
+    async with StreamGateway.from_settings(settings) as gateway:
         bot = FakeAdapter(gateway)
-        talks = asyncio.gather(*(converse(bot, k, 3) for k in range(4)))
-        for _ in range(600):  # wait until the doomed worker holds messages, then kill it mid-batch
-            pending = await gateway.r.xpending(gateway.shards[0].in_stream, "workers")
-            if any(c["name"] == b"doomed" and c["pending"] for c in pending.get("consumers", [])):
+        talks = asyncio.gather(*(converse(bot, k, 3) for k in range(users)))
+        for _ in range(polls):  # wait until the doomed worker holds messages, then kill it mid-batch
+            held = [c for shard in gateway.shards
+                    for c in (await gateway.r.xpending(shard.in_stream, "workers")).get("consumers", [])
+                    if c["name"] == b"doomed" and c["pending"]]
+            if held:
                 break
             await asyncio.sleep(0.05)
         else:
             pytest.fail("the worker never took a message")
         doomed.send_signal(signal.SIGKILL)
         await doomed.wait()
-        async with workers(split_settings, replier, 1) as crew:
+        async with workers(settings, replier, 1) as crew:
             results = await answered_within(talks, 300, gateway, crew)
         assert crew[0].reclaimed >= 1
         for k, (uid, texts, outs) in enumerate(results):
             assert outs[-1].text == f"Your name is Person{k}." and SLOW not in [o.text for o in outs]
-            assert await user_turns(split_settings, uid) == texts  # each message once, in order
+            assert await user_turns(settings, uid) == texts  # each message once, in order
         await stream_is_drained(gateway)
+
+
+async def test_a_killed_worker_loses_nothing(split_settings, replier):
+    await kill_a_worker_mid_batch(split_settings, replier, users=4, polls=600)
 
 
 async def test_redis_restart_mid_run_loses_nothing(tmp_path, split_settings, replier):
