@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bots.fake import FakeAdapter
-from engine.process_memory import limit_malloc_arenas
+from engine.process_memory import tune_malloc
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.engine import Engine
 from engine.model.generation import GenerationConfig
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--history", type=int, default=10, help="exchanges each user has had before the third load")
     p.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     args = p.parse_args(argv)
-    limit_malloc_arenas()  # as `rapport` does: the process measured is the one that ships
+    tune_malloc()  # as `rapport` does: the process measured is the one that ships
     from engine.hardware import describe, machine
     host = machine()
     print(f"machine: {describe(host)}", flush=True)

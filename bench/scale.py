@@ -29,7 +29,7 @@ import numpy as np
 
 from bench.latency import PROMPTS, peak_rss_mb, reply_latencies
 from bots.fake import FakeAdapter
-from engine.process_memory import limit_malloc_arenas
+from engine.process_memory import tune_malloc
 from engine.config import DEFAULT_ENCODER, DEFAULT_INDEX, DEFAULT_MODEL, Settings
 from engine.model.prompt import Turn
 from engine.state.redis_server import EmbeddedRedis
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also compare split mode on a 3-master local cluster with one server, alternating (0: skip)")
     p.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     args = p.parse_args(argv)
-    limit_malloc_arenas()  # as `rapport` does: the process measured is the one that ships
+    tune_malloc()  # as `rapport` does: the process measured is the one that ships
     from engine.hardware import describe, machine
     host = machine()
     print(f"machine: {describe(host)}", flush=True)

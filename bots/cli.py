@@ -23,7 +23,7 @@ from engine.logs import setup_logging
 from engine.messages import OutgoingMessage, Responder
 from engine.model.retrieval import IndexMismatch
 from engine.monitoring import MonitoringServer
-from engine.process_memory import limit_malloc_arenas
+from engine.process_memory import tune_malloc
 from engine.split.common import split_redis_url
 from engine.split.gateway import LateReply, StreamGateway
 from engine.split.worker import StreamWorker
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rapport`` command."""
-    limit_malloc_arenas()
+    tune_malloc()
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env(dotenv=args.env_file)

@@ -1,4 +1,5 @@
-"""Issue 24's shortcuts keep the tokens: the slim cache branch of a merged decoder, finished rows leaving a
+"""Issue 24's shortcuts keep the tokens: the slim cache branch of a merged decoder and its one-input Concats
+removed, finished rows leaving a
 batch, chunked encoding, the ranker's embedding cache, and the process memory setting (tiny fp32 fixtures
 and the shipped MiniLM: exact or near-exact comparisons)."""
 import json
@@ -14,8 +15,8 @@ from engine.model.digest_cache import DigestCache
 from engine.model.encoder import SentenceEncoder
 from engine.model.generation import GenerationConfig
 from engine.model.seq2seq import Seq2SeqModel
-from engine.process_memory import limit_malloc_arenas
-from training.onnx_merge import slim_cache_branch
+from engine.process_memory import tune_malloc
+from training.onnx_merge import drop_copying_concats, slim_cache_branch
 
 from .conftest import FIXTURES
 
@@ -67,6 +68,31 @@ def test_a_slim_cache_branch_decodes_the_same_tokens_without_copying_the_cache(t
     assert cross and all(out.shape[2] == 0 for out in cross)  # the cache of step 0 is kept, not copied
 
 
+def test_one_input_concats_are_removed_without_changing_a_value(tmp_path):
+    """The exporter's one-input Concats (a copy of each cross-attention cache entry at every step) go; the
+    graph computes the same thing, so tokens and log-probs are exactly equal."""
+    lean_dir = tmp_path / "tiny-bart"
+    shutil.copytree(FIXTURES / "tiny-bart", lean_dir)
+    model_proto = onnx.load(str(lean_dir / "decoder_model_merged.onnx"))
+    slim_cache_branch(model_proto)
+    assert drop_copying_concats(model_proto) > 0 and drop_copying_concats(model_proto) == 0
+    branches = [a.g for n in model_proto.graph.node for a in n.attribute if a.g.node]
+    assert not [n for g in branches for n in g.node if n.op_type == "Concat" and len(n.input) == 1
+                and n.output[0] not in {o.name for o in g.output}]
+    onnx.save(model_proto, str(lean_dir / "decoder_model_merged.onnx"))
+    slim_dir = tmp_path / "slim"
+    shutil.copytree(FIXTURES / "tiny-bart", slim_dir)
+    slim = onnx.load(str(slim_dir / "decoder_model_merged.onnx"))
+    slim_cache_branch(slim)
+    onnx.save(slim, str(slim_dir / "decoder_model_merged.onnx"))
+    before, after = Seq2SeqModel.from_dir(slim_dir), Seq2SeqModel.from_dir(lean_dir)
+    srcs = sources()
+    for config in (GenerationConfig(max_new_tokens=12), GenerationConfig("beam", num_beams=3, max_new_tokens=12)):
+        for a, b in zip(before.generate_batch(srcs, config), after.generate_batch(srcs, config)):
+            assert [c.ids for c in a] == [c.ids for c in b]
+            np.testing.assert_allclose([c.logprob for c in a], [c.logprob for c in b], rtol=0, atol=1e-6)
+
+
 def test_chunked_encoding_and_grouped_decoding_keep_each_rows_tokens(monkeypatch):
     """(The tiny fixtures' random weights write replies of one length: test_batching checks rows that finish
     at different steps on the shipped model.)"""
@@ -109,10 +135,12 @@ def test_the_embedding_cache_returns_each_texts_vector_and_holds_no_text():
     assert cached._cache.get(DigestCache.key(texts[0])) is None  # the oldest went first
 
 
-@pytest.mark.parametrize("env", [{}, {"MALLOC_ARENA_MAX": "4"}])
-def test_the_malloc_arena_limit_applies_unless_the_environment_sets_one(monkeypatch, env):
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+@pytest.mark.parametrize("env", [{}, {"MALLOC_ARENA_MAX": "4"}, {"MALLOC_MMAP_THRESHOLD_": "65536"}])
+def test_malloc_settings_apply_unless_the_environment_sets_them(monkeypatch, env):
+    for key in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    applied = limit_malloc_arenas()
-    assert applied is (not env and __import__("sys").platform.startswith("linux"))
+    applied = tune_malloc()
+    linux = __import__("sys").platform.startswith("linux")
+    assert applied == {key: linux and key not in env for key in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")}

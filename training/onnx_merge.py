@@ -7,7 +7,8 @@ both decoders hold are stored once, which halves the size of the decoder on disk
 The with-past branch returns its cross-attention cache outputs (``present.N.encoder.*``) empty (length 0
 along the source axis) instead of copying the cache it was given: the caller keeps step 0's cross-attention
 cache for the whole reply (:mod:`engine.model.seq2seq`), and the copies were a third of a decoder step's
-time at 50 users. ``rapport-train slim-decoder DIR`` applies this to a merged decoder exported before.
+time at 50 users. Every one-input ``Concat`` (a copy: the exporter writes one per cross-attention cache entry)
+is removed too. ``rapport-train slim-decoder DIR`` applies both to a merged decoder exported before.
 """
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ def merge_decoders(decoder_path: Path, with_past_path: Path, out_path: Path) -> 
     model = helper.make_model(graph, opset_imports=first.opset_import, producer_name="rapport")
     model.ir_version = first.ir_version
     slim_cache_branch(model)
+    drop_copying_concats(model)
     onnx.save(model, str(out_path))
 
 
@@ -132,14 +134,46 @@ def slim_cache_branch(model: onnx.ModelProto) -> int:
     return changed
 
 
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every subgraph inside it (an If's branches), outermost first."""
+    out = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                out += _graphs(attr.g)
+    return out
+
+
+def drop_copying_concats(model: onnx.ModelProto) -> int:
+    """Remove every one-input ``Concat`` (in place; subgraphs included) whose output is not a graph output:
+    its readers read its input instead. The exporter writes one for each cross-attention cache entry of the
+    with-past decoder, and onnxruntime copies the whole cache through it at every step (a third of a 50-row
+    step with 190-token prompts). The values are unchanged; returns how many were removed."""
+    removed = 0
+    for graph in _graphs(model.graph):
+        outputs = {o.name for o in graph.output}
+        for node in [n for n in graph.node if n.op_type == "Concat" and len(n.input) == 1 and n.output[0] not in outputs]:
+            source, copy = node.input[0], node.output[0]
+            graph.node.remove(node)
+            for inner in _graphs(graph):
+                for reader in inner.node:
+                    for k, name in enumerate(reader.input):
+                        if name == copy:
+                            reader.input[k] = source
+            removed += 1
+    return removed
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``rapport-train slim-decoder DIR``: rewrite DIR/decoder_model_merged.onnx with a slim cache branch."""
-    p = argparse.ArgumentParser(prog="rapport-train slim-decoder", description=slim_cache_branch.__doc__)
+    """``rapport-train slim-decoder DIR``: rewrite DIR/decoder_model_merged.onnx with a slim cache branch
+    and without one-input Concats."""
+    p = argparse.ArgumentParser(prog="rapport-train slim-decoder",
+                                description=f"{slim_cache_branch.__doc__}\n\n{drop_copying_concats.__doc__}")
     p.add_argument("model_dir", type=Path)
     args = p.parse_args(argv)
     path = args.model_dir / "decoder_model_merged.onnx"
     model = onnx.load(str(path))
-    changed = slim_cache_branch(model)
-    if changed:
+    slimmed, dropped = slim_cache_branch(model), drop_copying_concats(model)
+    if slimmed or dropped:
         onnx.save(model, str(path))
-    print(f"{path}: {changed} cross-attention cache outputs now empty" if changed else f"{path}: already slim")
+    print(f"{path}: {slimmed} cross-attention cache outputs now empty, {dropped} one-input Concats removed")
