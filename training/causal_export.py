@@ -187,9 +187,12 @@ def quantize(src: Path, dst: Path, bits: int) -> None:
 
 
 def load_checkpoint(base: Path, checkpoint: Path | None):
-    """The base model with a ``finetune-lm`` checkpoint's weights (``best.pt`` or ``last.pt``)."""
+    """The base model with a ``finetune-lm`` checkpoint's weights (``best.pt`` or ``last.pt``), or the
+    Hugging Face folder ``checkpoint`` itself (``rapport-train dequantize`` of a shipped export)."""
     from transformers import AutoModelForCausalLM
 
+    if checkpoint is not None and checkpoint.is_dir():
+        return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     if checkpoint is not None:
         state = torch.load(checkpoint, weights_only=False, map_location="cpu")

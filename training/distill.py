@@ -156,7 +156,8 @@ def bot_turn_starts(teacher: Teacher, window_ids: list[int], target: list[bool])
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="rapport-train distill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", type=Path, help="finetune-lm checkpoint (default: the base model)")
+    p.add_argument("--teacher", type=Path,
+                   help="finetune-lm checkpoint, or a dequantized export folder (default: the base model)")
     p.add_argument("--out", type=Path, required=True, help="JSONL file (appended to)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--persona-data", type=Path, required=True)
