@@ -50,6 +50,16 @@ def test_sides_keep_the_mix_in_every_prefix():
         assert abs(share - 0.7) <= 0.1
 
 
+def test_hedges_and_repeated_words_are_not_imitated():
+    from training.distill import worth_imitating
+
+    assert worth_imitating("I love jazz, mostly Coltrane.")
+    for reply in ("I'm not sure I'm a runner but I'm a pretty good runner", "i don't know.", "I'm a chat bot bot.",
+                  "  "):
+        assert not worth_imitating(reply)
+    assert worth_imitating("Not sure yet, but I think so.")  # a hedge that still takes a side is kept
+
+
 def test_the_student_trains_on_the_teachers_replies_with_the_facts_it_read(tmp_path, monkeypatch):
     import json
 
@@ -61,8 +71,9 @@ def test_the_student_trains_on_the_teachers_replies_with_the_facts_it_read(tmp_p
 
     side = {"source": "persona", "conv_id": "c1", "bot": 2, "bot_facts": ["i play the drums"],
             "user_facts": ["i have a collie"],
-            "turns": [["Hi there!", True], ["Hello!", False], ["Do you play music?", True], ["Yes, drums.", False]],
-            "replies": {"1": "hey! how are you?", "3": "i play the drums in a band."}}
+            "turns": [["Hi there!", True], ["Hello!", False], ["Do you play music?", True], ["Yes, drums.", False],
+                      ["Do you sing?", True], ["No.", False]],
+            "replies": {"1": "hey! how are you?", "3": "i play the drums in a band.", "5": "I'm not sure I do."}}
     opener = {**side, "conv_id": "c2", "turns": [["Hi!", False], ["Hello", True]], "replies": {"0": "hi, i'm new here"}}
     path = tmp_path / "distilled.jsonl"
     path.write_text(json.dumps(side) + "\n" + json.dumps(opener) + "\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -32,10 +33,22 @@ from .persona import PersonaExample, load_persona_splits
 MAX_REPLY_TOKENS = 48
 
 
+_HEDGE = re.compile(r"^(?:i'm|i am) not sure\b|^i (?:don't|do not) know\b")
+_TWICE = re.compile(r"\b(\w+)\s+\1\b(?![-'])")
+
+
+def worth_imitating(reply: str) -> bool:
+    """Whether the student should learn a teacher reply: not one that opens with a hedge ("I'm not sure ...",
+    "I don't know ...": a quarter of the fine-tuned SmolLM2's chit-chat replies, most going nowhere, as in
+    "I'm not sure I'm a runner but I'm a pretty good runner") and no word said twice back to back."""
+    text = reply.strip().lower().replace("’", "'")
+    return bool(text) and not _HEDGE.search(text) and not _TWICE.search(text)
+
+
 def distilled_examples(path: Path) -> list[PersonaExample]:
     """The teacher's replies of a ``distill`` file as training examples: the real history before each bot
     turn, the teacher's reply, and the facts the teacher read (turns the bot opens are left out, as
-    ``persona_examples`` leaves them out)."""
+    ``persona_examples`` leaves them out; so are replies not ``worth_imitating``)."""
     out = []
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -44,7 +57,7 @@ def distilled_examples(path: Path) -> list[PersonaExample]:
         texts = [t for t, _ in side["turns"]]
         for index, reply in side["replies"].items():
             i = int(index)
-            if i > 0 and reply.strip():
+            if i > 0 and worth_imitating(reply):
                 out.append(PersonaExample(side_key(side), i, tuple(texts[:i]), reply.strip(),
                                           tuple(side["bot_facts"]), tuple(side["user_facts"])))
     return out
