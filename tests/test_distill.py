@@ -92,3 +92,28 @@ def test_the_student_trains_on_the_teachers_replies_with_the_facts_it_read(tmp_p
     assert "drums" in codec.decode(drums.source) and "collie" in codec.decode(drums.source)  # facts never dropped
     again = train._encode_epoch(0, 0, drop=0.4, persona_share=0.0, distilled_share=1.0)  # seeded
     assert [e.source for e in again] == [e.source for e in epoch]
+
+
+def test_a_small_distilled_file_keeps_its_share_of_the_epoch(monkeypatch):
+    """With fewer teacher replies than half a whole epoch, the real examples are subsampled so that the teacher's
+    still make up ``--distilled-share`` of what the student sees (a capped share would drown them: 8,000
+    teacher replies against 461,461 real examples would be 1.7%)."""
+    from engine.model.text import TextCodec
+    from training import train
+    from training.data import Conversation
+    from training.examples import ExampleEncoder
+    from training.modeling import minilm_dir
+    from training.persona import PersonaExample
+
+    codec = TextCodec.from_file(minilm_dir() / "tokenizer.json")
+    chat = [Conversation(f"c{k}", "", ["a", "b"], [f"turn {k} {t}" for t in range(11)]) for k in range(40)]  # 400 examples
+    taught = [PersonaExample(f"d{k}", 1, ("hello",), f"teacher reply {k}", (), ()) for k in range(60)]
+    for name, value in (("_worker_encoder", ExampleEncoder(codec, {})), ("_worker_splits", {"train": chat}),
+                        ("_worker_persona", []), ("_worker_distilled", taught)):
+        monkeypatch.setattr(train, name, value)
+    for share in (0.5, 0.25):
+        epoch = train._encode_epoch(0, 0, drop=0.4, persona_share=0.0, distilled_share=share)
+        teacher = sum(codec.decode(e.target[:-1]).startswith("teacher reply") for e in epoch)
+        assert teacher == 60 and abs(teacher / len(epoch) - share) < 0.01
+    whole = train._encode_epoch(0, 0, drop=0.4, persona_share=0.0, distilled_share=0.1)  # enough: nothing cut
+    assert len(whole) - sum(codec.decode(e.target[:-1]).startswith("teacher reply") for e in whole) == 400

@@ -121,8 +121,13 @@ def greedy_samples(model, codec: TextCodec, items: list[Encoded]) -> list[dict[s
 
 def encode_split(encoder: ExampleEncoder, convs, rng: random.Random, drop: float) -> list[Encoded]:
     """Encode every example of ``convs``, sampling profiles with ``rng``."""
+    return encode_examples(encoder, all_examples(convs), rng, drop)
+
+
+def encode_examples(encoder: ExampleEncoder, examples, rng: random.Random, drop: float) -> list[Encoded]:
+    """Encode chit-chat ``examples``, sampling profiles with ``rng``."""
     out = []
-    for ex in all_examples(convs):
+    for ex in examples:
         user = encoder.profile(ex, ex.addressee, rng, drop)
         persona = encoder.profile(ex, ex.speaker, rng, drop)
         out.append(encoder.encode(ex, user, persona))
@@ -160,9 +165,16 @@ def _boosted(examples: list, times: int, cap: int, rng: random.Random) -> list[E
 def _encode_epoch(seed: int, epoch: int, drop: float, persona_share: float, fact_boost: int = 0,
                   user_fact_boost: int = 0, distilled_share: float = 0.0) -> list[Encoded]:
     rng = random.Random(seed * 1000 + epoch)
-    out = encode_split(_worker_encoder, _worker_splits["train"], rng, drop)
-    if _worker_persona and persona_share > 0:
-        n = min(len(_worker_persona), round(len(out) * persona_share / (1 - persona_share)))
+    chat = list(all_examples(_worker_splits["train"]))
+    with_persona = bool(_worker_persona) and persona_share > 0
+    n = min(len(_worker_persona), round(len(chat) * persona_share / (1 - persona_share))) if with_persona else 0
+    if _worker_distilled and 0 < distilled_share < 1:
+        # fewer teacher replies than their share of a whole epoch: the real part shrinks, so the share holds
+        keep = len(_worker_distilled) * (1 - distilled_share) / distilled_share / (len(chat) + n)
+        if keep < 1:
+            chat, n = rng.sample(chat, round(len(chat) * keep)), round(n * keep)
+    out = encode_examples(_worker_encoder, chat, rng, drop)
+    if with_persona:
         out += [encode_persona(_worker_encoder, ex, rng, drop) for ex in rng.sample(_worker_persona, n)]
         # turns only the facts explain, again, with their facts kept: make the facts salient
         out += _boosted(_worker_dependent, fact_boost, n // 4, rng)
@@ -242,7 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="add turns that draw on the user's facts this many times over (facts kept), up to 1/4 too")
     p.add_argument("--distilled", type=Path, help="a `rapport-train distill` file: the teacher's replies to train on")
     p.add_argument("--distilled-share", type=float, default=0.5,
-                   help="share of an epoch from --distilled (1: the distilled examples alone)")
+                   help="share of an epoch from --distilled (1: the distilled examples alone; fewer teacher "
+                        "replies than that share of a whole epoch: the real examples are subsampled)")
     p.add_argument("--facts-tokens", type=int, default=PromptBudget.max_facts_tokens,
                    help="prompt budget of the bot's and of the user's facts, each")
     p.add_argument("--source-tokens", type=int, default=PromptBudget.max_source_tokens, help="prompt budget")
