@@ -30,6 +30,7 @@ import torch
 from onnx import numpy_helper
 from transformers import BartConfig, BartForConditionalGeneration
 
+from .onnx_merge import all_graphs
 from .table_quantize import unpack_4bit
 
 _MATMUL_OUTPUT = re.compile(r"/((?:encoder|decoder)/layers\.\d+/\w+(?:/\w+)?|lm_head)/MatMul_output_0$")
@@ -65,9 +66,8 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
     """Every weight of one exported ONNX file, by Hugging Face parameter name, dequantized."""
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    graphs = [model.graph] + [a.g for n in model.graph.node for a in n.attribute if a.g]
     out: dict[str, np.ndarray] = {}
-    for g in graphs:
+    for g in all_graphs(model.graph):
         for node in g.node:
             if node.op_type == "MatMulIntegerToFloat":  # rapport-train rows-int8
                 match = _MATMUL_NAME.search(node.name)

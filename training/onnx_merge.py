@@ -134,13 +134,13 @@ def slim_cache_branch(model: onnx.ModelProto) -> int:
     return changed
 
 
-def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+def all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
     """``graph`` and every subgraph inside it (an If's branches), outermost first."""
     out = [graph]
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                out += _graphs(attr.g)
+                out += all_graphs(attr.g)
     return out
 
 
@@ -150,12 +150,12 @@ def drop_copying_concats(model: onnx.ModelProto) -> int:
     with-past decoder, and onnxruntime copies the whole cache through it at every step (a third of a 50-row
     step with 190-token prompts). The values are unchanged; returns how many were removed."""
     removed = 0
-    for graph in _graphs(model.graph):
+    for graph in all_graphs(model.graph):
         outputs = {o.name for o in graph.output}
         for node in [n for n in graph.node if n.op_type == "Concat" and len(n.input) == 1 and n.output[0] not in outputs]:
             source, copy = node.input[0], node.output[0]
             graph.node.remove(node)
-            for inner in _graphs(graph):
+            for inner in all_graphs(graph):
                 for reader in inner.node:
                     for k, name in enumerate(reader.input):
                         if name == copy:

@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .onnx_merge import all_graphs
+
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4  # int8 compute on blocks of activations
 MIN_TABLE_ELEMENTS = 1_000_000
@@ -40,7 +42,7 @@ def quantize_embedding_rows(model: onnx.ModelProto, min_elements: int = MIN_TABL
     """Store large Gather tables as int8 with one fp32 scale per row; returns the Gathers rewritten."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    graphs = [graph] + [a.g for n in graph.node for a in n.attribute if a.g]
+    graphs = all_graphs(graph)
     tables = {n.input[0] for g in graphs for n in g.node
               if n.op_type == "Gather" and n.input[0] in inits and np.prod(inits[n.input[0]].dims) >= min_elements}
     for name in tables:
