@@ -1,6 +1,6 @@
 """Decode and reply latency of the shipped model, against the memory-bandwidth limit.
 
-    python -m bench.latency [--model DIR] [--users 50] [--rounds 3] [--out bench/results/latency.json]
+    python -m bench.latency [--model DIR] [--users 50] [--rounds 3] [--baseline DIR] [--out bench/results/latency.json]
 
 Prints a table and writes JSON: measured memory bandwidth, the decoder weight bytes one step reads
 (all but the token and position tables, of which it reads one row), the per-token limit (bytes / bandwidth), measured per-token decode latency at batch 1 (ratio to the limit), reply
@@ -8,7 +8,9 @@ latency p50/p95 through the whole engine (real Redis server) for 1 and N concurr
 who write at once after ``--history`` exchanges each (longer prompts: the steady state of a busy bot), peak
 RSS. Each
 load runs ``--rounds`` times (new users each round) and the percentiles pool every round's replies, with
-each round's p95 listed too: on a shared 2-core machine one round's figures moved by 15-30%.
+each round's p95 listed too: on a shared 2-core machine one round's figures moved by 15-30%. With
+``--baseline DIR`` (an earlier export of the same model), the decoder steps of both are timed in turns, 8
+rounds, the bandwidth measured between them: their ratio holds where the absolute figures drift.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from engine.engine import Engine
 from engine.model.generation import GenerationConfig
 from engine.state.redis_server import EmbeddedRedis
 from engine.model.replier import Replier
+from engine.model.seq2seq import Seq2SeqModel
 
 PROMPTS = ["hi, how are you today?", "what do you do for fun?", "i just got back from a hike in the mountains",
            "do you like pizza?", "what's the best movie you have seen?", "i'm so tired of school",
@@ -79,9 +82,13 @@ def decoder_bytes_per_token(folder: Path) -> int:
 
 def per_token_latency_ms(replier: Replier, tokens: int = 48, repeats: int = 5) -> float:
     """Median time of one cached decoder step at batch 1 (greedy, forced to run ``tokens`` steps)."""
-    model = replier.model
-    src = replier.codec.encode("hi, how are you today? i just got back from a long hike.")
-    ids = np.asarray([[replier.codec.special_ids["[CLS]"], *src, replier.codec.special_ids["[SEP]"]]])
+    return float(np.median(step_times_ms(replier.model, replier.codec, tokens, repeats)))
+
+
+def step_times_ms(model, codec, tokens: int = 48, repeats: int = 5) -> list[float]:
+    """Each cached decoder step's time at batch 1 over ``repeats`` greedy replies forced to ``tokens`` steps."""
+    src = codec.encode("hi, how are you today? i just got back from a long hike.")
+    ids = np.asarray([[codec.special_ids["[CLS]"], *src, codec.special_ids["[SEP]"]]])
     mask = np.ones_like(ids)
     hidden = model.encode(ids, mask)
     times = []
@@ -92,7 +99,27 @@ def per_token_latency_ms(replier: Replier, tokens: int = 48, repeats: int = 5) -
             t = time.perf_counter()
             logits, past = model.next_step(tok, hidden, mask, past)
             times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
+    return [1000 * t for t in times]
+
+
+def step_against_baseline(replier: Replier, baseline: Path, rounds: int = 8) -> dict:
+    """The decoder step of ``replier``'s model and of the export in ``baseline`` (same tokenizer), measured
+    in turns in this process, with the bandwidth measured between rounds: medians, each one's ratio to
+    its own bandwidth limit, and baseline / model (above 1: the model's step is faster)."""
+    other = Seq2SeqModel.from_dir(baseline)
+    steps: dict[str, list[float]] = {"model": [], "baseline": []}
+    bandwidths = []
+    for r in range(rounds):
+        bandwidths.append(memory_bandwidth_in_child())
+        for name in ("model", "baseline") if r % 2 == 0 else ("baseline", "model"):
+            steps[name].append(float(np.median(step_times_ms(replier.model if name == "model" else other,
+                                                             replier.codec, repeats=1))))
+    bandwidth = float(np.median(bandwidths))
+    model_ms, baseline_ms = float(np.median(steps["model"])), float(np.median(steps["baseline"]))
+    return {"baseline": str(baseline), "rounds": rounds, "memory_bandwidth_gb_s_median": bandwidth,
+            "step_ms": model_ms, "baseline_step_ms": baseline_ms, "baseline_over_model": baseline_ms / model_ms,
+            "step_ratio_to_limit": model_ms / (decoder_bytes_per_token(Path(replier.model.folder)) / (bandwidth * 1e9) * 1000),
+            "baseline_step_ratio_to_limit": baseline_ms / (decoder_bytes_per_token(baseline) / (bandwidth * 1e9) * 1000)}
 
 
 async def reply_latencies(replier: Replier, users: int, messages: int, settings: Settings | None = None,
@@ -134,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--messages", type=int, default=10, help="messages of the single user")
     p.add_argument("--rounds", type=int, default=3, help="times each load runs (new users each time)")
     p.add_argument("--history", type=int, default=10, help="exchanges each user has had before the third load")
+    p.add_argument("--baseline", type=Path, help="another export of the same model: its decoder step is timed in "
+                   "turns with this one's (ratios from one process)")
     p.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     args = p.parse_args(argv)
     tune_malloc()  # as `rapport` does: the process measured is the one that ships
@@ -169,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "model": str(args.model),
     }
+    if args.baseline:
+        result["against_baseline"] = step_against_baseline(replier, args.baseline)
     width = max(len(k) for k in result)
     result["machine"] = host
     for key, value in result.items():

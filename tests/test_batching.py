@@ -1,5 +1,6 @@
 """Batched decoding and the engine's dynamic batcher, on the shipped model."""
 import asyncio
+import threading
 
 import numpy as np
 
@@ -129,3 +130,18 @@ async def test_one_bad_request_does_not_fail_the_batch(replier, monkeypatch):
     assert results[0].reply.text and results[2].reply.text
     assert results[0].batch_size == 1  # answered alone, after the batch of 3 failed
     assert isinstance(results[1], RuntimeError)
+
+
+async def test_the_idle_batcher_gives_memory_back_after_answering(replier, monkeypatch):
+    events = []
+    answer = replier.reply_batch
+    monkeypatch.setattr(replier, "reply_batch", lambda reqs: events.append(("batch", len(reqs))) or answer(reqs))
+    batcher = InferenceBatcher(replier, max_wait_s=0.05,
+                               when_idle=lambda: events.append(("idle", threading.current_thread().name)))
+    requests = [ReplyRequest([Turn(text, True)], [], [], None) for text in TEXTS[:3]]
+    answers = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    batcher.close()  # waits for the inference thread's queued work
+    assert all(a.reply.text for a in answers)
+    assert events[0] == ("batch", 3)
+    assert events[1][0] == "idle" and events[1][1].startswith("rapport-infer")  # on the inference thread
+    assert len(events) == 2  # once the queue ran dry, not once per request

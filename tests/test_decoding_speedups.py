@@ -1,9 +1,11 @@
 """Issue 24's shortcuts keep the tokens: the slim cache branch of a merged decoder and its one-input Concats
-removed, finished rows leaving a
-batch, chunked encoding, the ranker's embedding cache, and the process memory setting (tiny fp32 fixtures
-and the shipped MiniLM: exact or near-exact comparisons)."""
+removed, its with-past branch rebuilt from fused operators, finished rows leaving a batch, chunked encoding, the ranker's embedding cache; and the process
+memory settings do what they say (tiny fp32 fixtures and the shipped MiniLM: exact or near-exact
+comparisons)."""
 import json
+import os
 import shutil
+import sys
 
 import numpy as np
 import onnx
@@ -15,7 +17,8 @@ from engine.model.digest_cache import DigestCache
 from engine.model.encoder import SentenceEncoder
 from engine.model.generation import GenerationConfig
 from engine.model.seq2seq import Seq2SeqModel
-from engine.process_memory import tune_malloc
+from engine.process_memory import release_free_memory, tune_malloc
+from training.fused_decoder import fuse_cache_branch
 from training.onnx_merge import drop_copying_concats, slim_cache_branch
 
 from .conftest import FIXTURES
@@ -142,5 +145,56 @@ def test_malloc_settings_apply_unless_the_environment_sets_them(monkeypatch, env
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     applied = tune_malloc()
-    linux = __import__("sys").platform.startswith("linux")
+    linux = sys.platform.startswith("linux")
     assert applied == {key: linux and key not in env for key in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")}
+
+
+def resident_mb() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_free_heap_pages_go_back_to_the_system():
+    blocks = [bytearray(b"\x01") * 100_000 for _ in range(600)]  # 60 MB of blocks small enough for the heap
+    del blocks[:-1]  # the last one stays, so glibc cannot give the rest back from the heap's top by itself
+    before = resident_mb()
+    assert release_free_memory()
+    assert before - resident_mb() > 30
+
+
+def test_fused_cache_branch_computes_the_same_replies(tmp_path):
+    """The with-past branch rebuilt from MultiHeadAttention, one QKV product and Gelu (and the first step's
+    q, k, v products joined): on the fp32 fixture only the float summation order changes (within 1e-5), so
+    greedy and beam tokens are equal and log-probs agree."""
+    fused_dir = tmp_path / "fused"
+    shutil.copytree(FIXTURES / "tiny-bart", fused_dir)
+    proto = onnx.load(str(fused_dir / "decoder_model_merged.onnx"))
+    config = json.loads((fused_dir / "config.json").read_text())
+    nodes = fuse_cache_branch(proto, config["decoder_layers"], config["decoder_attention_heads"])
+    branch = next(a.g for a in proto.graph.node[0].attribute if a.name == "then_branch")
+    assert nodes == len(branch.node) < 150
+    assert sum(n.op_type == "MultiHeadAttention" for n in branch.node) == 2 * config["decoder_layers"]
+    assert fuse_cache_branch(proto, config["decoder_layers"], config["decoder_attention_heads"]) == nodes  # once
+    onnx.save(proto, str(fused_dir / "decoder_model_merged.onnx"))
+    before, after = Seq2SeqModel.from_dir(FIXTURES / "tiny-bart"), Seq2SeqModel.from_dir(fused_dir)
+    srcs = sources()
+    ids, mask = before.pad(srcs)
+    hidden = before.encode(ids, mask)
+    start = np.full((len(srcs), 1), before.decoder_start_id)
+    logits, past = before.first_step(start, hidden, mask)
+    got, got_past = after.first_step(start, hidden, mask)  # its q, k and v products joined
+    np.testing.assert_allclose(got, logits, rtol=0, atol=1e-5)
+    for name in past:
+        np.testing.assert_allclose(got_past[name], past[name], rtol=0, atol=1e-5)
+    for _ in range(5):  # the same cache in, the same logits and cache out
+        tokens = logits.argmax(-1)[:, None]
+        want, want_past = before.next_step(tokens, hidden, mask, past)
+        got, got_past = after.next_step(tokens, hidden, mask, past)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        for name in want_past:
+            np.testing.assert_allclose(got_past[name], want_past[name], rtol=0, atol=1e-5)
+        logits, past = want, want_past
+    for config in (GenerationConfig(max_new_tokens=12), GenerationConfig("beam", num_beams=3, max_new_tokens=12)):
+        for a, b in zip(before.generate_batch(srcs, config), after.generate_batch(srcs, config)):
+            assert [c.ids for c in a] == [c.ids for c in b]
+            np.testing.assert_allclose([c.logprob for c in a], [c.logprob for c in b], rtol=0, atol=1e-4)

@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | export-profanity | table-4bit | rows-int8 | finetune-lm | export-lm | distill."""
+"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | fuse-decoder | export-profanity | table-4bit | rows-int8 | finetune-lm | export-lm | distill."""
 from __future__ import annotations
 
 import importlib
@@ -30,6 +30,7 @@ JOBS = {
     "export-lm": ("training.causal_export", "export a finetune-lm checkpoint as one decoder-only ONNX graph (KV cache, int8/4-bit)"),
     "distill": ("training.distill", "the fine-tuned SmolLM2 writes the bot's replies of the training conversations (sequence-level distillation)"),
     "slim-decoder": ("training.onnx_merge", "stop a merged decoder copying its cross-attention cache at every step"),
+    "fuse-decoder": ("training.fused_decoder", "rebuild a merged decoder's with-past branch from fused attention operators"),
 }
 
 

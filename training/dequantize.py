@@ -30,6 +30,7 @@ import torch
 from onnx import numpy_helper
 from transformers import BartConfig, BartForConditionalGeneration
 
+from .fused_decoder import FUSED_PREFIX, JOINED_QKV
 from .onnx_merge import all_graphs
 from .table_quantize import unpack_4bit
 
@@ -79,13 +80,18 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
                     weight = weight * inits[smooth][:, None]
                 out[_param_name(match.group(1).replace("/", "."), path.name) + ".weight"] = weight.T
                 continue
-            if node.op_type != "MatMulNBits":
+            if node.op_type != "MatMulNBits" or node.name.startswith(FUSED_PREFIX):
+                continue  # (the fused with-past branch reads the first step's weights)
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if joined := JOINED_QKV.match(node.name):  # q, k and v side by side (rapport-train fuse-decoder)
+                weight = dequantize_matmul_nbits(inits[node.input[1]], inits[node.input[2]], attrs["K"], attrs["bits"])
+                for part, value in zip("qkv", np.split(weight, 3)):
+                    out[f"model.decoder.layers.{joined.group(1)}.self_attn.{part}_proj.weight"] = value
                 continue
             match = _MATMUL_OUTPUT.search(node.output[0])
             if not match:
                 raise ValueError(f"cannot tell which layer MatMulNBits {node.name} belongs to")
             module = match.group(1).replace("/", ".")
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             zero = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else None
             weight = dequantize_matmul_nbits(inits[node.input[1]], inits[node.input[2]], attrs["K"], attrs["bits"], zero)
             out[_param_name(module, path.name) + ".weight"] = weight
@@ -98,7 +104,8 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
             table = name[: -len("_rows_int8")]
             out[_param_name(table, path.name)] = value.astype(np.float32) * inits[table + "_row_scales"]
         elif (value.dtype == np.float32 and not name.endswith(("_scales", "_row_scales")) and "onnx::" not in name
-              and "rowq" not in name):  # rows-int8's quantizer constants and shift corrections
+              and "rowq" not in name and not name.startswith(FUSED_PREFIX)):  # rows-int8's quantizer constants and
+            # shift corrections; fuse-decoder's joined q, k, v biases (the originals stay)
             out[_param_name(name, path.name)] = value
     return out
 

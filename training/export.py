@@ -29,6 +29,7 @@ from .data import DEFAULT_DATA, load_facts, load_splits
 from .examples import ExampleEncoder
 from .modeling import build_model, minilm_dir
 from .onnx_export import export_onnx, merge_decoder_files, write_runtime_config
+from .fused_decoder import fuse_dir
 from .onnx_quantize import quantize_dir
 from .train import encode_split
 
@@ -102,6 +103,7 @@ def export_model(model, out: Path, sources: list[list[int]], parity_sources: int
         if out.exists():
             shutil.rmtree(out)
         quantize_dir(fp32, out)
+        fuse_dir(out)
         report.update(int8_fidelity(fp32, out, sources))
         report["parity_contexts"] = min(parity_sources, len(sources))
         report["agreement_contexts"] = len(sources)

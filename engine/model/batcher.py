@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..metrics import BATCH_SIZE, REPLY_LATENCY
+from ..process_memory import release_free_memory
 from .replier import Replier, ReplyRequest, ScoredReply
 
 log = logging.getLogger("rapport.batcher")
@@ -39,12 +40,14 @@ class InferenceBatcher:
     """Queues :class:`ReplyRequest` s from the event loop and answers them in batches on one thread."""
 
     def __init__(self, replier: Replier, max_batch: int = 64, max_wait_s: float = 0.005, gather_s: float = 0.1,
-                 on_the_way: Callable[[], int] = lambda: 0) -> None:
+                 on_the_way: Callable[[], int] = lambda: 0, when_idle: Callable[[], object] = release_free_memory
+                 ) -> None:
         self.replier = replier
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.gather_s = gather_s
         self.on_the_way = on_the_way  # how many requests the engine is still preparing
+        self.when_idle = when_idle  # run on the inference thread once the queue is empty after a batch
         self._queue: list[tuple[ReplyRequest, asyncio.Future]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-infer")
         self._runner: asyncio.Task | None = None
@@ -84,6 +87,12 @@ class InferenceBatcher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+        # The queue is empty and the replies are out: what the batches freed goes back to the system (not
+        # awaited; a request that arrives meanwhile waits for this run, 1-10 ms, on the same thread).
+        try:
+            self._executor.submit(self.when_idle)
+        except RuntimeError:  # the engine stopped
+            pass
 
     def _run(self, requests: list[ReplyRequest]) -> list[BatchAnswer | BaseException]:
         """One batch; if it fails, each request alone, so one bad request cannot fail the others."""
