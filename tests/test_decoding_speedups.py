@@ -198,3 +198,22 @@ def test_fused_cache_branch_computes_the_same_replies(tmp_path):
         for a, b in zip(before.generate_batch(srcs, config), after.generate_batch(srcs, config)):
             assert [c.ids for c in a] == [c.ids for c in b]
             np.testing.assert_allclose([c.logprob for c in a], [c.logprob for c in b], rtol=0, atol=1e-4)
+
+
+def test_a_large_groups_encoder_memory_goes_back_before_decoding(monkeypatch):
+    model = Seq2SeqModel.from_dir(FIXTURES / "tiny-bart")
+    events = []
+    encode = model.encode_sources
+    monkeypatch.setattr(model, "encode_sources", lambda srcs: events.append("encode") or encode(srcs))
+    first_step = model.first_step
+    monkeypatch.setattr(model, "first_step", lambda *a: events.append("decode") or first_step(*a))
+    monkeypatch.setattr(seq2seq, "release_free_memory", lambda: events.append("release"))
+    srcs = sources()
+    config = GenerationConfig(max_new_tokens=4)
+    monkeypatch.setattr(seq2seq, "RELEASE_TOKENS", 10_000)  # a small group: nothing to give back
+    model.generate_batch(srcs, config)
+    assert events == ["encode", "decode"]
+    events.clear()
+    monkeypatch.setattr(seq2seq, "RELEASE_TOKENS", 20)
+    model.generate_batch(srcs, config)
+    assert events == ["encode", "release", "decode"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..process_memory import release_free_memory
 from .onnx_session import onnx_session
 from .generation import GenerationConfig, process_logits, target_log_probs
 from .search import Candidate, beam_search, greedy_or_sample
@@ -29,6 +30,8 @@ __all__ = ["Candidate", "Seq2SeqModel", "length_groups"]
 DECODE_TOKENS = 2048
 ENCODE_TOKENS = 1024  # padded source tokens encoded together: the encoder holds ~50 KB a token while it runs,
 # and beyond ~500 tokens a bigger run is no faster per token (bench.latency, issue 24)
+RELEASE_TOKENS = 512  # after encoding a group this large, its freed activations go back to the system before the
+# decoder's cache is allocated: the heap did not reuse them for it, and both counted at the peak (issue 24)
 
 
 def length_groups(sources: list[list[int]], budget: int, rows_each: int = 1) -> list[list[int]]:
@@ -196,6 +199,8 @@ class Seq2SeqModel:
     def _generate_group(self, sources: list[list[int]], config: GenerationConfig) -> list[list[Candidate]]:
         """:meth:`generate_batch` for one group: its prompts encoded, then decoded together."""
         hidden, mask = self.encode_sources(sources)
+        if mask.size >= RELEASE_TOKENS:
+            release_free_memory()
         if config.strategy == "beam":
             return self._beam_search(hidden, mask, config)
         per = 1 if config.strategy == "greedy" else config.num_candidates
