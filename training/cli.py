@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | fuse-decoder | export-profanity | table-4bit | rows-int8 | finetune-lm | export-lm | distill."""
+"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | fuse-decoder | reblock-output | export-profanity | table-4bit | rows-int8 | finetune-lm | export-lm | distill."""
 from __future__ import annotations
 
 import importlib
@@ -31,6 +31,7 @@ JOBS = {
     "distill": ("training.distill", "the fine-tuned SmolLM2 writes the bot's replies of the training conversations (sequence-level distillation)"),
     "slim-decoder": ("training.onnx_merge", "stop a merged decoder copying its cross-attention cache at every step"),
     "fuse-decoder": ("training.fused_decoder", "rebuild a merged decoder's with-past branch from fused attention operators"),
+    "reblock-output": ("training.onnx_quantize", "store a decoder's output layer in 8-bit blocks of 128 instead of 32"),
 }
 
 

@@ -5,6 +5,9 @@ activations, per-tensor embedding tables) changed token log-probs by 0.057 nats 
 of the error came from the embedding tables. Here:
 - every MatMul with a constant weight becomes MatMulNBits, 8-bit, symmetric, blocks of 32 along K,
   with int8 compute on blocks of activations (``accuracy_level`` 4): as fast as dynamic int8;
+- the output layer (vocabulary-sized) is then stored in blocks of 128 (``reblock_output_layer``, also
+  ``rapport-train reblock-output DIR`` for an existing export): a decoding step reads 1.1 MB fewer scales,
+  and onnxruntime's kernel ran it 1.3-1.6x faster at 1 and 50 rows (issue 24);
 - every large Gather table (token embeddings) is stored as int8 with one fp32 scale per row,
   dequantized after the lookup (Gather -> Cast -> Mul by the row's scale).
 """
@@ -21,6 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .onnx_merge import all_graphs
 
 BLOCK_SIZE = 32
+OUTPUT_BLOCK_SIZE = 128
+OUTPUT_MIN_COLUMNS = 10_000  # a product this wide is the output layer (a vocabulary's logits)
 ACCURACY_LEVEL = 4  # int8 compute on blocks of activations
 MIN_TABLE_ELEMENTS = 1_000_000
 
@@ -69,13 +74,63 @@ def quantize_embedding_rows(model: onnx.ModelProto, min_elements: int = MIN_TABL
     return rewritten
 
 
+def reblock_output_layer(model: onnx.ModelProto, block: int = OUTPUT_BLOCK_SIZE) -> int:
+    """Requantize every 8-bit ``MatMulNBits`` at least OUTPUT_MIN_COLUMNS wide (the output layer) from its
+    own values to blocks of ``block`` along K (in place, once per weight however many nodes read it);
+    returns how many weights changed (0 when they are in such blocks already)."""
+    from .dequantize import dequantize_matmul_nbits
+
+    inits = {i.name: i for i in model.graph.initializer}
+    changed: set[str] = set()
+    for graph in all_graphs(model.graph):
+        for node in graph.node:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if (node.op_type != "MatMulNBits" or attrs.get("N", 0) < OUTPUT_MIN_COLUMNS or attrs["bits"] != 8
+                    or attrs["K"] % block or (len(node.input) > 3 and node.input[3])):
+                continue
+            codes, scales = node.input[1], node.input[2]
+            if codes not in changed and attrs["block_size"] != block:
+                weight = dequantize_matmul_nbits(numpy_helper.to_array(inits[codes]),
+                                                 numpy_helper.to_array(inits[scales]), attrs["K"], 8)
+                blocks = weight.reshape(weight.shape[0], attrs["K"] // block, block)
+                step = np.maximum(np.abs(blocks).max(axis=-1), 1e-12) / 127.0
+                q = np.clip(np.round(blocks / step[..., None]) + 128, 1, 255).astype(np.uint8)
+                inits[codes].CopyFrom(numpy_helper.from_array(q, codes))
+                inits[scales].CopyFrom(numpy_helper.from_array(step.astype(np.float32), scales))
+                changed.add(codes)
+            if codes in changed:
+                next(a for a in node.attribute if a.name == "block_size").i = block
+    return len(changed)
+
+
 def quantize_dir(src: Path, dst: Path) -> None:
     """Quantize every ONNX file of ``src`` into ``dst`` (other files copied)."""
     dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(src.iterdir()):
         if path.suffix == ".onnx":
             model = quantize_matmuls(onnx.load(str(path)))
+            reblock_output_layer(model)
             quantize_embedding_rows(model)
             onnx.save(model, str(dst / path.name))
         elif path.is_file():
             shutil.copy(path, dst / path.name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``rapport-train reblock-output DIR``: the output layer of an export's decoder in blocks of 128."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="rapport-train reblock-output", description=reblock_output_layer.__doc__)
+    p.add_argument("model_dir", type=Path, help="an export folder (its decoder is rewritten in place)")
+    p.add_argument("--block", type=int, default=OUTPUT_BLOCK_SIZE)
+    args = p.parse_args(argv)
+    for path in sorted(args.model_dir.glob("decoder*.onnx")):
+        model = onnx.load(str(path))
+        changed = reblock_output_layer(model, args.block)
+        if changed:
+            onnx.save(model, str(path))
+        print(f"{path.name}: {changed} output weight(s) requantized to blocks of {args.block}")
+
+
+if __name__ == "__main__":
+    main()
