@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="valid", choices=("valid", "test"))
     p.add_argument("--n", type=int, default=400, help="examples per set")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="where the JSON goes (default: int8_quality_<split>.json in the int8 "
+                   "folder; name another file when --fp32 is an earlier export rather than the fp32 model)")
     args = p.parse_args(argv)
     ev = Evaluator(args.int8, args.encoder, args.data, Sizes(), args.seed)
     models = {"int8": ev.model, "fp32": Seq2SeqModel.from_dir(args.fp32)}
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                                         for ex in persona], [ex.reply for ex in persona], [ex.conv_id for ex in persona]),
         "chitchat": compare(models, ev, [ev.source(ex, "true") for ex in chitchat], [ex.reply for ex in chitchat],
                             [ex.conv_id for ex in chitchat])}}
-    (args.int8 / f"int8_quality_{args.split}.json").write_text(json.dumps(result, indent=1))
+    (args.out or args.int8 / f"int8_quality_{args.split}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
 
