@@ -80,6 +80,11 @@ def decoder_bytes_per_token(folder: Path) -> int:
                for t in model.graph.initializer if not any(k in t.name for k in tables))
 
 
+def limit_ms(step_bytes: int, bandwidth_gbs: float) -> float:
+    """The least time a decoder step reading ``step_bytes`` of weights can take at ``bandwidth_gbs``."""
+    return step_bytes / (bandwidth_gbs * 1e9) * 1000
+
+
 def per_token_latency_ms(replier: Replier, tokens: int = 48, repeats: int = 5) -> float:
     """Median time of one cached decoder step at batch 1 (greedy, forced to run ``tokens`` steps)."""
     return float(np.median(step_times_ms(replier.model, replier.codec, tokens, repeats)))
@@ -118,8 +123,8 @@ def step_against_baseline(replier: Replier, baseline: Path, rounds: int = 8) -> 
     model_ms, baseline_ms = float(np.median(steps["model"])), float(np.median(steps["baseline"]))
     return {"baseline": str(baseline), "rounds": rounds, "memory_bandwidth_gb_s_median": bandwidth,
             "step_ms": model_ms, "baseline_step_ms": baseline_ms, "baseline_over_model": baseline_ms / model_ms,
-            "step_ratio_to_limit": model_ms / (decoder_bytes_per_token(Path(replier.model.folder)) / (bandwidth * 1e9) * 1000),
-            "baseline_step_ratio_to_limit": baseline_ms / (decoder_bytes_per_token(baseline) / (bandwidth * 1e9) * 1000)}
+            "step_ratio_to_limit": model_ms / limit_ms(decoder_bytes_per_token(Path(replier.model.folder)), bandwidth),
+            "baseline_step_ratio_to_limit": baseline_ms / limit_ms(decoder_bytes_per_token(baseline), bandwidth)}
 
 
 async def reply_latencies(replier: Replier, users: int, messages: int, settings: Settings | None = None,
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     bandwidth = memory_bandwidth_in_child()
     replier = Replier.from_dirs(args.model, args.encoder, index_dir=DEFAULT_INDEX)
     decoder_bytes = decoder_bytes_per_token(args.model)
-    limit_ms = decoder_bytes / (bandwidth * 1e9) * 1000
+    step_limit_ms = limit_ms(decoder_bytes, bandwidth)
     token_ms = per_token_latency_ms(replier)
     single_rounds = [asyncio.run(reply_latencies(replier, 1, args.messages, tag=f"one{r}-")) for r in range(args.rounds)]
     many_rounds = [asyncio.run(reply_latencies(replier, args.users, 1, tag=f"many{r}-")) for r in range(args.rounds)]
@@ -184,8 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     greedy = replier.model.generate(greedy_src, GenerationConfig(max_new_tokens=20, min_new_tokens=20))
     greedy_20_ms = 1000 * (time.perf_counter() - t)
     result = {
-        "memory_bandwidth_gb_s": bandwidth, "decoder_bytes_per_token": decoder_bytes, "per_token_limit_ms": limit_ms,
-        "per_token_ms": token_ms, "per_token_ratio_to_limit": token_ms / limit_ms,
+        "memory_bandwidth_gb_s": bandwidth, "decoder_bytes_per_token": decoder_bytes, "per_token_limit_ms": step_limit_ms,
+        "per_token_ms": token_ms, "per_token_ratio_to_limit": token_ms / step_limit_ms,
         "greedy_20_token_reply_ms": greedy_20_ms, "greedy_tokens": len(greedy[0].ids),
         "reply_1_user_p50_ms": 1000 * float(np.percentile(single, 50)),
         "reply_1_user_p95_ms": 1000 * float(np.percentile(single, 95)),

@@ -98,8 +98,7 @@ def _share_qkv(first: onnx.GraphProto, layer: int, joined: onnx.NodeProto) -> No
         raise ValueError(f"layer {layer}: the first step's q, k and v products read different inputs")
     at = min(list(first.node).index(p) for p in parts)
     name = FIRST_PREFIX + joined.name
-    product = helper.make_node(joined.op_type, [x, *joined.input[1:]], [name], name=name, domain=joined.domain)
-    product.attribute.extend(joined.attribute)
+    product = _matmul(name, x, joined, name)
     split = helper.make_node("Split", [name, "fused_qkv_sizes"], [p.output[0] for p in parts], name=name + "_split",
                              axis=-1)
     for p in parts:
