@@ -16,10 +16,13 @@ who have a history fell from 507-573 to 438-442 MB on an AMD EPYC, with no measu
 Freed blocks below the threshold stay in the heap, and glibc gives a heap's pages back only from its top.
 :func:`release_free_memory` (``malloc_trim``) gives back every free page: after each model loads (its
 file's parse buffers: the chat model's decoder took 92 MB, 70 MB after it), whenever the engine's batcher
-runs out of work (after a burst of 50 users with a history the process held 483 MB; 262 MB after it), and
+runs out of work (after a burst of 50 users with a history the process held 483 MB; 262 MB after it),
 between encoding a large group of prompts and decoding it (the heap did not reuse the encoder's freed
-activations for the decoder's cache, so both counted at the peak). Peak RSS of ``python -m bench.latency``
-went from 441-447 MB to 422-439 MB; runs of the same code differ by 15-20 MB (issue 24)."""
+activations for the decoder's cache, so both counted at the peak), and after that group's first decoder
+step (whose freed activations lay between the cross-attention cache's arrays: 76 MB held, 38 MB after).
+Peak RSS of ``python -m bench.latency`` went from 441-447 MB to 422-439 MB with the first two, and to
+385-393 MB with the last and with finished rows' old cache freed a layer at a time
+(``seq2seq._keep_rows``); runs of the same code differ by 15-20 MB (issue 24)."""
 from __future__ import annotations
 
 import ctypes

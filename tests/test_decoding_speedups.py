@@ -200,23 +200,46 @@ def test_fused_cache_branch_computes_the_same_replies(tmp_path):
             np.testing.assert_allclose([c.logprob for c in a], [c.logprob for c in b], rtol=0, atol=1e-4)
 
 
-def test_a_large_groups_encoder_memory_goes_back_before_decoding(monkeypatch):
+def test_a_large_groups_freed_activations_go_back_after_encoding_and_after_the_first_step(monkeypatch):
+    """The encoder's and the first decoder step's freed activations are given back before the cache
+    they would sit beside is used; a small group skips both releases."""
     model = Seq2SeqModel.from_dir(FIXTURES / "tiny-bart")
     events = []
-    encode = model.encode_sources
+    encode, first_step, next_step = model.encode_sources, model.first_step, model.next_step
     monkeypatch.setattr(model, "encode_sources", lambda srcs: events.append("encode") or encode(srcs))
-    first_step = model.first_step
-    monkeypatch.setattr(model, "first_step", lambda *a: events.append("decode") or first_step(*a))
+    monkeypatch.setattr(model, "first_step", lambda *a: events.append("first step") or first_step(*a))
+    monkeypatch.setattr(model, "next_step", lambda *a: events.append("next step") or next_step(*a))
     monkeypatch.setattr(seq2seq, "release_free_memory", lambda: events.append("release"))
     srcs = sources()
-    config = GenerationConfig(max_new_tokens=4)
+    config = GenerationConfig(max_new_tokens=4, min_new_tokens=4)
     monkeypatch.setattr(seq2seq, "RELEASE_TOKENS", 10_000)  # a small group: nothing to give back
     model.generate_batch(srcs, config)
-    assert events == ["encode", "decode"]
+    assert events[:2] == ["encode", "first step"] and set(events[2:]) == {"next step"}
     events.clear()
     monkeypatch.setattr(seq2seq, "RELEASE_TOKENS", 20)
     model.generate_batch(srcs, config)
-    assert events == ["encode", "release", "decode"]
+    assert events[:4] == ["encode", "release", "first step", "release"] and set(events[4:]) == {"next step"}
+
+
+def test_dropping_finished_rows_hands_over_the_old_cache_layer_by_layer():
+    """_keep_rows empties the cache it is given (so the caller holds none of the old arrays once it returns,
+    and each goes as soon as its copy exists) and returns the kept rows, cut to the widest kept source."""
+    rng = np.random.default_rng(0)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
+    hidden = rng.standard_normal((3, 4, 8)).astype(np.float32)
+    past = {f"past_key_values.{i}.{part}.{kv}": rng.standard_normal((3, 2, 4 if part == "encoder" else 5, 4))
+            .astype(np.float32) for i in range(2) for part in ("encoder", "decoder") for kv in ("key", "value")}
+    want = {name: value.copy() for name, value in past.items()}
+    keep = np.array([1, 2])
+    got_hidden, got_mask, got_past = seq2seq._keep_rows(keep, hidden, mask, past)
+    assert past == {}
+    np.testing.assert_array_equal(got_hidden, hidden[keep][:, :3])
+    np.testing.assert_array_equal(got_mask, mask[keep][:, :3])
+    assert set(got_past) == set(want)
+    for name, value in got_past.items():
+        expected = want[name][keep][:, :, :3] if ".encoder." in name else want[name][keep]
+        np.testing.assert_array_equal(value, expected)
+        assert value.flags.c_contiguous
 
 
 def test_the_output_layer_is_stored_in_blocks_of_128():
