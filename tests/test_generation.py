@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from engine.model.generation import (GenerationConfig, apply_no_repeat_ngram, apply_repetition_penalty,
-                               banned_ngram_tokens, top_k_top_p_filter)
+                                     banned_ngram_tokens, chosen_log_probs, log_softmax, top_k_top_p_filter)
 from engine.model.profile import recommender_score, update_profile
 
 
@@ -50,3 +50,16 @@ def test_profile_moving_average():
     for _ in range(100):
         v, n = update_profile(v, n, np.array([0.0, 1.0]))
     assert v[1] > 0.99
+
+
+def test_chosen_log_probs_are_the_log_softmax_entries_bit_for_bit():
+    """The decoding loop's per-row score of the chosen token equals the full log-softmax's entry exactly
+    (same operations in the same order), with a banned (-inf) token in a row and float32 kept."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((7, 1000)) * 4).astype(np.float32)
+    x[0, 5] = -np.inf
+    chosen = rng.integers(0, 1000, 7)
+    chosen[1] = x[1].argmax()
+    got = chosen_log_probs(x, chosen)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, log_softmax(x)[np.arange(7), chosen])

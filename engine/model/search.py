@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .generation import GenerationConfig, log_softmax, nucleus_sample
+from .generation import GenerationConfig, chosen_log_probs, log_softmax, nucleus_sample
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,14 @@ def greedy_or_sample(logits: np.ndarray, stepper: Stepper, config: GenerationCon
     live = np.arange(rows)  # the rows still decoding, in the order the model sees them
     for step in range(config.max_new_tokens):
         processed = process(logits, [seqs[r] for r in live], step)
-        logp = log_softmax(processed)
         if config.strategy == "greedy":
             chosen = processed.argmax(-1)
         else:
             chosen = nucleus_sample(processed / config.temperature, config.top_k, config.top_p, rng)
+        logp = chosen_log_probs(processed, chosen)
         for k, r in enumerate(live):
             seqs[r].append(int(chosen[k]))
-            scores[r] += logp[k, chosen[k]]
+            scores[r] += logp[k]
         writing = chosen != eos_id
         if not writing.any() or (deadline is not None and time.perf_counter() > deadline):
             break
