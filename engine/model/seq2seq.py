@@ -28,8 +28,9 @@ __all__ = ["Candidate", "Seq2SeqModel", "length_groups"]
 # held 141 MB of cross-attention cache in one batch and copied it as rows finished (a peak of 800 MB);
 # smaller groups read the weights once more per step each, a few ms of a 30-40 ms step (issue 24)
 DECODE_TOKENS = 2048
-ENCODE_TOKENS = 1024  # padded source tokens encoded together: the encoder holds ~50 KB a token while it runs,
-# and beyond ~500 tokens a bigger run is no faster per token (bench.latency, issue 24)
+ENCODE_TOKENS = 256  # padded source tokens encoded together (one 190-token prompt, or several short ones): the
+# encoder holds 50-150 KB a token while it runs, and 256-token runs were as fast per token as 1,024-token ones;
+# with 1,024 the encoder was the peak of bench.latency's 50 users with a history (404-424 MB, 344-387 with 256)
 RELEASE_TOKENS = 512  # after encoding a group this large, and after its first decoder step, the freed activations
 # go back to the system: the heap did not reuse them for the cache, and both counted at the peak (issue 24)
 
