@@ -14,6 +14,12 @@ subprocess (so its peak RSS is its own), two threads, greedy decoding forced to 
   memory-bandwidth limit of that runtime's decoder weights (bytes read per token / copy bandwidth);
 - 10 and 50 users: one batched 20-token reply for 10 and 50 different prompts at once;
 - agreement: share of prompts whose 20 greedy tokens equal PyTorch fp32's.
+
+onnxruntime picks its int8 kernels from the CPU it runs on. On a CPU with AVX-512, when ``qemu-x86_64``
+(Debian's ``qemu-user``) is installed, Rapport's int8 model also runs on an emulated AVX2-only CPU
+(``qemu-x86_64 -cpu Haswell``: AVX2 and FMA, no AVX-512), so onnxruntime takes its AVX2 kernels: the 8
+prompts alone and 50 as one batch, greedy, compared token for token with the native run and with PyTorch
+fp32. Emulation is 50-100x slower, so it checks the AVX2 path's tokens, never its speed.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ TOKENS = 20
 THREADS = 2
 RUNTIMES = ("rapport-onnx-int8", "rapport-onnx-fp32", "pytorch-fp32", "pytorch-int8", "ctranslate2-fp32",
             "ctranslate2-int8")
+EMULATED_AVX2 = ("qemu-x86_64", "-cpu", "Haswell")  # AVX2 + FMA, no AVX-512: onnxruntime's AVX2 kernels
 
 
 def prompts(n: int, codec, layout=None) -> list[list[int]]:
@@ -116,11 +123,16 @@ def make_runner(name: str, work: Path, model: Path):
     }[name]()
 
 
-def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
-    """Timings of one runtime (run in a child process)."""
+def prompt_parts(model: Path):
+    """The tokenizer of ``model`` and, for a decoder-only model, its chat layout (None for seq2seq)."""
     from engine.model.family import CAUSAL_LM, family_of, load_prompt_parts
     codec, layout, _ = load_prompt_parts(model)
-    layout = layout if family_of(model) == CAUSAL_LM else None
+    return codec, layout if family_of(model) == CAUSAL_LM else None
+
+
+def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
+    """Timings of one runtime (run in a child process)."""
+    codec, layout = prompt_parts(model)
     runner = make_runner(name, work, model)
     one = prompts(len(PROMPTS), codec, layout)
     runner.generate(one[:1], TOKENS)  # warm-up
@@ -147,6 +159,36 @@ def measure(name: str, work: Path, model: Path, repeats: int = 3) -> dict:
         assert len(out) == users
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def greedy_tokens(model: Path) -> dict:
+    """Rapport's int8 greedy tokens (``TOKENS`` each) for the 8 prompts one at a time and for 50 prompts as
+    one batch, with the int8 kernel path of the CPU this runs on (run in a child process)."""
+    from engine.hardware import machine
+    codec, layout = prompt_parts(model)
+    runner = OnnxRunner(model)
+    alone = [runner.generate([src], TOKENS)[0] for src in prompts(len(PROMPTS), codec, layout)]
+    return {"int8_path": machine()["int8_path"], "alone": alone,
+            "batch_50": runner.generate(prompts(50, codec, layout), TOKENS)}
+
+
+def avx2_emulator(host: dict) -> tuple[str, ...] | None:
+    """The command prefix that runs a program on an emulated AVX2-only CPU, where this CPU's int8 path is
+    another one and ``qemu-x86_64`` is installed; else None."""
+    if host["int8_path"] == "AVX2" or shutil.which(EMULATED_AVX2[0]) is None:
+        return None
+    return EMULATED_AVX2
+
+
+def agreement(tokens: dict, native: dict, reference: list[list[int]] | None) -> dict:
+    """Share of prompts whose tokens in ``tokens`` equal the native run's (alone and in the 50-prompt batch),
+    and PyTorch fp32's (alone) where ``reference`` is given."""
+    out = {"int8_path": tokens["int8_path"],
+           "alone_same_as_native": float(np.mean([a == b for a, b in zip(tokens["alone"], native["alone"])])),
+           "batch_50_same_as_native": float(np.mean([a == b for a, b in zip(tokens["batch_50"], native["batch_50"])]))}
+    if reference:
+        out["alone_same_as_pytorch_fp32"] = float(np.mean([a == b for a, b in zip(tokens["alone"], reference)]))
+    return out
 
 
 def prepare(model: Path, work: Path) -> dict:
@@ -191,23 +233,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=Path.home() / ".cache/rapport/bench")
     p.add_argument("--out", type=Path, default=Path("bench/results/compare.json"))
     p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    p.add_argument("--no-emulation", action="store_true", help="skip the emulated AVX2 run of Rapport's int8 model")
     p.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
+    p.add_argument("--tokens-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child, args.work, args.model)))
         return {}
+    if args.tokens_child:
+        print(json.dumps(greedy_tokens(args.model)))
+        return {}
     from engine.hardware import describe, machine
     host = machine()
+    emulator = None if args.no_emulation else avx2_emulator(host)
     print(f"machine: {describe(host)}; onnxruntime picks its int8 kernels by the CPU and cannot be made to "
-          "take another CPU's path, so run this command on each CPU kind to compare them", flush=True)
+          "take another CPU's path: " + ("its AVX2 path's tokens are checked on an emulated AVX2-only CPU "
+                                         f"({' '.join(emulator)}; its speed is not measured there)" if emulator else
+                                         "run this command on each CPU kind to compare them"), flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     info = prepare(args.model, args.work)
     bandwidth = memory_bandwidth_gbs()
     results: dict[str, dict] = {}
     for name in args.runtimes:
-        proc = subprocess.run([sys.executable, "-m", "bench.compare", "--child", name, "--work", str(args.work),
-                               "--model", str(args.model)], capture_output=True, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+        proc = _child([sys.executable], args, "--child", name)
         if proc.returncode:
             results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
             continue
@@ -224,6 +272,12 @@ def main(argv: list[str] | None = None) -> dict:
         r.pop("tokens")
     summary = {"machine": host, "memory_bandwidth_gb_s": bandwidth, **info, "tokens": TOKENS, "threads": THREADS,
                "runtimes": results}
+    if emulator:
+        native = json.loads(_child([sys.executable], args, "--tokens-child").stdout.strip().splitlines()[-1])
+        proc = _child(list(emulator) + [sys.executable], args, "--tokens-child")
+        summary["avx2_emulated"] = {"command": " ".join(emulator), "native_int8_path": native["int8_path"],
+                                    **(agreement(json.loads(proc.stdout.strip().splitlines()[-1]), native, reference)
+                                       if proc.returncode == 0 else {"error": proc.stderr.strip().splitlines()[-1]})}
     ours = results.get("rapport-onnx-int8", {})
     for other in ("ctranslate2-int8", "ctranslate2-fp32", "pytorch-fp32", "pytorch-int8"):
         if "reply_20_p50_ms" in results.get(other, {}) and "reply_20_p50_ms" in ours:
@@ -235,6 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _child(command: list[str], args: argparse.Namespace, *flags: str) -> subprocess.CompletedProcess:
+    """``python -m bench.compare`` with ``flags`` in a child process started by ``command``."""
+    return subprocess.run([*command, "-m", "bench.compare", *flags, "--work", str(args.work), "--model", str(args.model)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
 
 
 def print_table(summary: dict) -> None:
@@ -254,6 +314,11 @@ def print_table(summary: dict) -> None:
     for key, value in summary.items():
         if key.startswith("speedup"):
             print(f"{key}: " + ", ".join(f"{k} {v:.2f}x" for k, v in value.items()))
+    emulated = summary.get("avx2_emulated")
+    if emulated:
+        print(f"rapport-onnx-int8 on an emulated {emulated.get('int8_path', '?')} CPU ({emulated['command']}): " +
+              (f"failed: {emulated['error']}" if "error" in emulated else
+               ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in emulated.items() if isinstance(v, float))))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,12 @@ def test_beam_matches_hf_generate(name):
     config = GenerationConfig("beam", num_beams=expected["num_beams"], max_new_tokens=expected["max_new_tokens"])
     same = sum(list(model.generate(s, config)[0].ids) == want
                for s, want in zip(expected["sources"], expected["beam"]))
-    assert same >= 0.9 * len(expected["sources"])
+    # Why 3 in 4: these random tiny models' beams tie. With onnxruntime's AVX-512 kernels both fixtures give
+    # 20 of 20; with its AVX2 kernels (an emulated AVX2-only CPU, `qemu-x86_64 -cpu Haswell`) tiny-t5 gives
+    # 16 of 20, although its encoder states and first logits differ from the AVX-512 run's by < 1e-6: two
+    # hypotheses' scores that close swap places at an early step and the beams part there. Greedy (above)
+    # is exact on both.
+    assert same >= 0.75 * len(expected["sources"])
 
 
 def test_layouts_detected():
