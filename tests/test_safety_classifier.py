@@ -5,6 +5,9 @@ Scores come from an int8 model whose kernels round differently on AVX2 and AVX-5
 assertion here is on a text whose score is far from its threshold (MARGIN), or on a decision of the
 whole filter, never on a score's digits."""
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -236,3 +239,22 @@ def test_the_reply_to_a_borderline_message_never_agrees(replier, flt):
                            keep=lambda texts: flt.candidates_ok(texts, context=text, wary=True))
     reply = replier.reply_batch([request])[0][0].text
     assert not AGREEING.search(reply.lower())
+
+
+def test_every_session_asks_for_exact_integer_sums_on_cpus_without_vnni(classifier):
+    """onnx_session sets ``session.x64quantprecision``: without it, the u8 x s8 kernel of AVX2 CPUs saturated
+    16-bit pair sums with the classifier's 8-bit weights and a built-up crisis went uncaught (below)."""
+    assert classifier.encoder.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-x86_64 (Debian's qemu-user) is not installed")
+def test_a_built_up_crisis_is_caught_on_an_emulated_avx2_only_cpu():
+    """The shipped classifier on onnxruntime's AVX2 kernels (``qemu-x86_64 -cpu Haswell``: no AVX-512, so
+    no VNNI) still catches the crisis built over two messages (it did not before the setting above)."""
+    code = ("from engine.config import DEFAULT_SAFETY_MODEL; from engine.safety import SafetyFilter; "
+            "from engine.safety.loading import load_classifier; from engine.hardware import machine; "
+            "f = SafetyFilter('standard', load_classifier(DEFAULT_SAFETY_MODEL)); "
+            f"print(machine()['int8_path'], getattr(f.assess({BUILT_UP[1]!r}, [{BUILT_UP[0]!r}]).category, 'value', None))")
+    out = subprocess.run(["qemu-x86_64", "-cpu", "Haswell", sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True, timeout=600).stdout.strip().splitlines()[-1]
+    assert out == f"AVX2 {Category.CRISIS.value}"
