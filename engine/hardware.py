@@ -1,6 +1,7 @@
 """What machine this runs on: the CPU model and the SIMD features onnxruntime's int8 kernels dispatch on."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -29,6 +30,13 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+@functools.cache
+def has_vnni() -> bool:
+    """Whether onnxruntime's u8 x s8 kernels on this CPU sum in 32 bits (AVX-512 VNNI) rather than in
+    saturating 16-bit pairs (AVX2, AVX-512 without VNNI)."""
+    return int8_path(cpu_features()) == "AVX-512 VNNI"
 
 
 def int8_path(features: dict[str, bool]) -> str:

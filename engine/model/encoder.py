@@ -27,7 +27,7 @@ class SentenceEncoder:
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_tokens)
-        self.session = onnx_session(self.folder / "model.onnx", threads)
+        self.session = onnx_session(self.folder / "model.onnx", threads, exact_int8=True)  # 8-bit weights
 
     @classmethod
     def from_dir(cls, folder: str | Path, threads: int = 2, cache_size: int = 0) -> "SentenceEncoder":
