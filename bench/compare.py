@@ -180,14 +180,18 @@ def avx2_emulator(host: dict) -> tuple[str, ...] | None:
     return EMULATED_AVX2
 
 
+def same_share(outputs: list[list[int]], reference: list[list[int]]) -> float:
+    """Share of prompts whose tokens in ``outputs`` equal those in ``reference``, prompt by prompt."""
+    return float(np.mean([a == b for a, b in zip(outputs, reference)]))
+
+
 def agreement(tokens: dict, native: dict, reference: list[list[int]] | None) -> dict:
     """Share of prompts whose tokens in ``tokens`` equal the native run's (alone and in the 50-prompt batch),
     and PyTorch fp32's (alone) where ``reference`` is given."""
-    out = {"int8_path": tokens["int8_path"],
-           "alone_same_as_native": float(np.mean([a == b for a, b in zip(tokens["alone"], native["alone"])])),
-           "batch_50_same_as_native": float(np.mean([a == b for a, b in zip(tokens["batch_50"], native["batch_50"])]))}
+    out = {"int8_path": tokens["int8_path"], "alone_same_as_native": same_share(tokens["alone"], native["alone"]),
+           "batch_50_same_as_native": same_share(tokens["batch_50"], native["batch_50"])}
     if reference:
-        out["alone_same_as_pytorch_fp32"] = float(np.mean([a == b for a, b in zip(tokens["alone"], reference)]))
+        out["alone_same_as_pytorch_fp32"] = same_share(tokens["alone"], reference)
     return out
 
 
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         r["per_token_limit_ms"] = info["decoder_weights_read_per_token"] * width / (bandwidth * 1e9) * 1000
         r["per_token_ratio_to_limit"] = r["per_token_ms"] / r["per_token_limit_ms"]
         if reference:
-            r["agreement_with_pytorch_fp32"] = float(np.mean([a == b for a, b in zip(r["tokens"], reference)]))
+            r["agreement_with_pytorch_fp32"] = same_share(r["tokens"], reference)
         r.pop("tokens")
     summary = {"machine": host, "memory_bandwidth_gb_s": bandwidth, **info, "tokens": TOKENS, "threads": THREADS,
                "runtimes": results}

@@ -20,9 +20,11 @@ runs out of work (after a burst of 50 users with a history the process held 483 
 between encoding a large group of prompts and decoding it (the heap did not reuse the encoder's freed
 activations for the decoder's cache, so both counted at the peak), and after that group's first decoder
 step (whose freed activations lay between the cross-attention cache's arrays: 76 MB held, 38 MB after).
-Peak RSS of ``python -m bench.latency`` went from 441-447 MB to 422-439 MB with the first two, and to
-385-393 MB with the last and with finished rows' old cache freed a layer at a time
-(``seq2seq._keep_rows``); runs of the same code differ by 15-20 MB (issue 24)."""
+Peak RSS of ``python -m bench.latency`` went from 441-447 MB to 422-439 MB with the first two; with the
+last, finished rows' old cache freed a layer at a time (``seq2seq._keep_rows``) and prompts encoded in runs
+of 256 tokens (``seq2seq.ENCODE_TOKENS``), to 386-392 MB in seven runs (418-421 MB before, five runs; with
+runs of 1,024 tokens 385-424 MB, the encoder then the peak); runs of the same code differ by 15-20 MB
+(issue 24)."""
 from __future__ import annotations
 
 import ctypes

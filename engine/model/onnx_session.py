@@ -13,8 +13,8 @@ the 8-bit weights of the sentence encoder and the safety classifier (``quantize_
 AVX2-only CPU (``qemu-x86_64 -cpu Haswell``) the safety classifier then missed a crisis built over two
 messages (4 of 19 of its tests failed). ``session.x64quantprecision`` makes that kernel widen to 32 bits
 first. It is set only on CPUs without VNNI: the VNNI kernel sums in 32 bits anyway, and on an AMD EPYC with
-VNNI the setting gave the same outputs and made the classifier 1.7-1.9x slower. The chat model's integer products have
-7-bit weights (``rapport-train rows-int8``), exact without it.
+VNNI the setting gave the same outputs and made the classifier 1.7-1.9x slower. The chat model's integer
+products have 7-bit weights (``rapport-train rows-int8``), exact without it.
 
 The memory arena is off: onnxruntime's arena keeps the largest buffers a run ever needed (a 50-user batch),
 and a process peaked about 45 MB higher with it, no faster. Once a session is built, the memory that
