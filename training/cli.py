@@ -1,4 +1,4 @@
-"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | fuse-decoder | reblock-output | export-profanity | table-4bit | rows-int8 | finetune-lm | export-lm | distill."""
+"""``rapport-train``: prepare | train | export | export-lstm | export-encoder | eval | fixtures | build-index | filter-index | train-ranker | train-safety | safety-export | ranker-eval | shards | eval-hybrid | reply-choice | dequantize | dequantize-encoder | slim-decoder | fuse-decoder | reblock-output | export-profanity | table-4bit | rows-int8 | static-int8 | finetune-lm | export-lm | distill."""
 from __future__ import annotations
 
 import importlib
@@ -26,6 +26,7 @@ JOBS = {
     "export-profanity": ("training.profanity_export", "export alt-profanity-check's fitted model as arrays for the engine"),
     "table-4bit": ("training.table_quantize", "store an ONNX model's large token tables in 4 bits (blocks of 32)"),
     "rows-int8": ("training.row_quantize", "an encoder's MatMuls as per-row int8 products (fast on many rows)"),
+    "static-int8": ("training.static_quantize", "a merged decoder's MatMuls as int8 products with fixed activation steps (fast on many rows)"),
     "finetune-lm": ("training.lm_finetune", "fine-tune SmolLM2-135M on the conversation mix (loss on the bot's turns)"),
     "export-lm": ("training.causal_export", "export a finetune-lm checkpoint as one decoder-only ONNX graph (KV cache, int8/4-bit)"),
     "distill": ("training.distill", "the fine-tuned SmolLM2 writes the bot's replies of the training conversations (sequence-level distillation)"),

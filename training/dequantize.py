@@ -7,8 +7,8 @@ weights the int8 export computes with, in fp32. Benchmarks give it to PyTorch ``
 CTranslate2 so every runtime runs the same weights; exported again to fp32 ONNX it separates the
 error of int8 *compute* (activations) from the error of int8 *storage* (weights).
 - MatMulNBits (8-bit, blocks along K, zero point 128 unless given) -> Linear weight (N, K);
-- the per-row layout of ``rapport-train rows-int8`` (MatMulIntegerToFloat: 7-bit codes x a scale per
-  column, divided by the channel balance it multiplied in) -> Linear weight (N, K);
+- the layouts of ``rapport-train rows-int8`` (encoder) and ``static-int8`` (decoder): MatMulIntegerToFloat,
+  7-bit codes x a scale per column, divided by the channel balance it multiplied in -> Linear weight (N, K);
 - per-row int8 Gather tables (``*_rows_int8`` x ``*_row_scales``), or 4-bit ones (``rapport-train
   table-4bit``) -> the token embeddings;
 - everything else (biases, LayerNorms, positions, final_logits_bias) is fp32 in the files already.
@@ -65,19 +65,28 @@ def _param_name(name: str, graph: str) -> str:
 
 def onnx_weights(path: Path) -> dict[str, np.ndarray]:
     """Every weight of one exported ONNX file, by Hugging Face parameter name, dequantized."""
+    from .static_quantize import STATIC_PREFIX  # (it imports this module's dequantize_matmul_nbits)
+
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out: dict[str, np.ndarray] = {}
     for g in all_graphs(model.graph):
+        producers = {o: node for node in g.node for o in node.output}
         for node in g.node:
-            if node.op_type == "MatMulIntegerToFloat":  # rapport-train rows-int8
+            if node.op_type == "MatMulIntegerToFloat" and not node.name.startswith(FUSED_PREFIX):
+                # rapport-train rows-int8 (encoder) or static-int8 (decoder; its with-past branch reads the
+                # first step's weights)
+                weight = inits[node.input[1]].astype(np.float32) * inits[node.input[3]][None, :]
+                balance = _input_balance(node.input[0], producers, inits)
+                if balance is not None:  # x's channels were multiplied by it
+                    weight = weight * balance[:, None]
+                if joined := JOINED_QKV.match(node.name.removesuffix("_int")):
+                    for part, value in zip("qkv", np.split(weight.T, 3)):
+                        out[f"model.decoder.layers.{joined.group(1)}.self_attn.{part}_proj.weight"] = value
+                    continue
                 match = _MATMUL_NAME.search(node.name)
                 if not match:
                     raise ValueError(f"cannot tell which layer MatMulIntegerToFloat {node.name} belongs to")
-                weight = inits[node.input[1]].astype(np.float32) * inits[node.input[3]][None, :]
-                smooth = node.input[0].removesuffix("_u8") + "_smooth"  # x's channels were multiplied by it
-                if smooth in inits:
-                    weight = weight * inits[smooth][:, None]
                 out[_param_name(match.group(1).replace("/", "."), path.name) + ".weight"] = weight.T
                 continue
             if node.op_type != "MatMulNBits" or node.name.startswith(FUSED_PREFIX):
@@ -104,10 +113,25 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
             table = name[: -len("_rows_int8")]
             out[_param_name(table, path.name)] = value.astype(np.float32) * inits[table + "_row_scales"]
         elif (value.dtype == np.float32 and not name.endswith(("_scales", "_row_scales")) and "onnx::" not in name
-              and "rowq" not in name and not name.startswith(FUSED_PREFIX)):  # rows-int8's quantizer constants and
-            # shift corrections; fuse-decoder's joined q, k, v biases (the originals stay)
+              and "rowq" not in name and not name.startswith((FUSED_PREFIX, STATIC_PREFIX))):  # rows-int8's and
+            # static-int8's quantizer constants, shift corrections; fuse-decoder's joined q, k, v biases (the
+            # originals stay)
             out[_param_name(name, path.name)] = value
     return out
+
+
+def _input_balance(codes: str, producers: dict[str, onnx.NodeProto], inits: dict[str, np.ndarray]
+                   ) -> np.ndarray | None:
+    """The per-channel factor an integer product's input was multiplied by before ``QuantizeLinear`` wrote
+    ``codes`` (rows-int8: ``*_smooth``, perhaps followed by the GELU shift; static-int8: ``sq*_balance``)."""
+    smooth = codes.removesuffix("_u8") + "_smooth"
+    if smooth in inits:
+        return inits[smooth]
+    quantize = producers.get(codes)
+    scaled = producers.get(quantize.input[0]) if quantize is not None else None
+    if scaled is not None and scaled.op_type == "Mul" and scaled.input[1] in inits:
+        return inits[scaled.input[1]]
+    return None
 
 
 def rebuild(export_dir: Path) -> BartForConditionalGeneration:
