@@ -333,11 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     bandwidth = memory_bandwidth_gbs()
     results: dict[str, dict] = {}
     for name in args.runtimes:
-        proc = _child([sys.executable], args, "--child", name)
-        if proc.returncode:
-            results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-            continue
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[name] = _child([sys.executable], args, "--child", name)
     reference = results.get("pytorch-fp32", {}).get("tokens")
     for name, r in results.items():
         if "error" in r:
@@ -352,16 +348,14 @@ def main(argv: list[str] | None = None) -> dict:
                "runtimes": results}
     for other in TURNS_AGAINST:
         if other in args.runtimes and "rapport-onnx-int8" in args.runtimes:
-            proc = _child([sys.executable], args, "--turns-child", other)
-            summary[f"batch_50_in_turns_vs_{other}"] = (json.loads(proc.stdout.strip().splitlines()[-1])
-                                                        if proc.returncode == 0 else
-                                                        {"error": proc.stderr.strip().splitlines()[-1]})
+            summary[f"batch_50_in_turns_vs_{other}"] = _child([sys.executable], args, "--turns-child", other)
     if emulator:
-        native = json.loads(_child([sys.executable], args, "--tokens-child").stdout.strip().splitlines()[-1])
-        proc = _child(list(emulator) + [sys.executable], args, "--tokens-child")
+        native = _child([sys.executable], args, "--tokens-child")
+        if "error" in native:
+            raise RuntimeError(f"the native token run failed: {native['error']}")
+        emulated = _child(list(emulator) + [sys.executable], args, "--tokens-child")
         summary["avx2_emulated"] = {"command": " ".join(emulator), "native_int8_path": native["int8_path"],
-                                    **(agreement(json.loads(proc.stdout.strip().splitlines()[-1]), native, reference)
-                                       if proc.returncode == 0 else {"error": proc.stderr.strip().splitlines()[-1]})}
+                                    **(emulated if "error" in emulated else agreement(emulated, native, reference))}
     ours = results.get("rapport-onnx-int8", {})
     for other in ("ctranslate2-int8", "ctranslate2-fp32", "pytorch-fp32", "pytorch-int8"):
         if "reply_20_p50_ms" in results.get(other, {}) and "reply_20_p50_ms" in ours:
@@ -375,10 +369,14 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def _child(command: list[str], args: argparse.Namespace, *flags: str) -> subprocess.CompletedProcess:
-    """``python -m bench.compare`` with ``flags`` in a child process started by ``command``."""
-    return subprocess.run([*command, "-m", "bench.compare", *flags, "--work", str(args.work), "--model", str(args.model)],
+def _child(command: list[str], args: argparse.Namespace, *flags: str) -> dict:
+    """``python -m bench.compare`` with ``flags`` in a child process started by ``command``: the JSON of its
+    last line, or ``{"error": its last line of stderr}`` if it failed."""
+    proc = subprocess.run([*command, "-m", "bench.compare", *flags, "--work", str(args.work), "--model", str(args.model)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def print_table(summary: dict) -> None:

@@ -123,14 +123,14 @@ def onnx_weights(path: Path) -> dict[str, np.ndarray]:
 def _input_balance(codes: str, producers: dict[str, onnx.NodeProto], inits: dict[str, np.ndarray]
                    ) -> np.ndarray | None:
     """The per-channel factor an integer product's input was multiplied by before ``QuantizeLinear`` wrote
-    ``codes`` (rows-int8: ``*_smooth``, perhaps followed by the GELU shift; static-int8: ``sq*_balance``)."""
-    smooth = codes.removesuffix("_u8") + "_smooth"
-    if smooth in inits:
-        return inits[smooth]
+    ``codes``: the constant of the ``Mul`` feeding it, past a constant ``Add`` (rows-int8's GELU shift) if there
+    is one; None where the input was not balanced."""
     quantize = producers.get(codes)
-    scaled = producers.get(quantize.input[0]) if quantize is not None else None
-    if scaled is not None and scaled.op_type == "Mul" and scaled.input[1] in inits:
-        return inits[scaled.input[1]]
+    node = producers.get(quantize.input[0]) if quantize is not None else None
+    if node is not None and node.op_type == "Add" and node.input[1] in inits:
+        node = producers.get(node.input[0])
+    if node is not None and node.op_type == "Mul" and node.input[1] in inits:
+        return inits[node.input[1]]
     return None
 
 
